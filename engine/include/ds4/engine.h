@@ -1,0 +1,113 @@
+// The DS4 engine: a loaded model and a session that runs it on the CPU reference backend.
+//
+// Two call shapes: decode(token) (N = 1) and forward(tokens) (batched, N rows). Both leave the
+// same KV, compressor and indexer state; snapshot()/restore() let a speculative verifier roll back
+// rejected rows. The CPU reference is the exact path: forward(tokens) is bit-equal to N decodes.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "ds4/model.h"
+
+namespace ds4 {
+
+class GgufFile;
+class Tokenizer;
+
+// Numerics profile (part of every run's description).
+//   ds4:   FP8 E4M3 round trip + F16 storage of KV rows, Hadamard + FP4 on the indexer, int8 (Q8_0)
+//          / Q8_K activation quantisation before quantised dots: what the ds4 reference computes.
+//   plain: none of these (F32 activations against dequantised weights, F32 caches), as
+//          llama.cpp with an F32 cache and HF transformers compute.
+enum class Profile { Ds4, Plain };
+const char* profile_name(Profile p);
+Profile profile_from_name(const std::string& name);  // throws naming the value
+
+// Receives named intermediate tensors (ds4-model.md §12 names) as they are computed.
+// layer = -1 for tensors outside the trunk layers; pos is the absolute position.
+class TapSink {
+ public:
+  virtual ~TapSink() = default;
+  virtual void tap(int layer, const char* name, int64_t pos, const float* data, size_t n) = 0;
+};
+
+struct LayerWeights;
+struct ModelWeights;
+
+// A loaded model: hyperparameters, bound weights (pointing into the mmap), tokenizer.
+class Model {
+ public:
+  // Loads and validates a GGUF file (throws ds4::Error naming the key or tensor at fault).
+  static std::shared_ptr<Model> load(const std::string& path);
+  ~Model();
+  const HParams& hparams() const { return hp_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const GgufFile& file() const { return *file_; }
+  const ModelWeights& weights() const { return *weights_; }
+  const std::string& path() const;
+  bool has_mtp() const { return hp_.n_mtp > 0; }
+
+ private:
+  Model() = default;
+  HParams hp_;
+  std::shared_ptr<GgufFile> file_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<ModelWeights> weights_;
+};
+
+struct SessionOptions {
+  Profile profile = Profile::Ds4;
+  int n_threads = 0;        // 0: hardware concurrency
+  int64_t max_ctx = 4096;   // positions the session may hold (compressed caches are sized by it)
+};
+
+struct SessionState;  // KV, compressor and indexer state of every layer, plus the position
+
+class Session {
+ public:
+  Session(std::shared_ptr<const Model> model, SessionOptions options);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // N = 1 decode at the next position; returns the logits (n_vocab).
+  std::vector<float> decode(int32_t token);
+  // Batched forward of tokens at positions pos()..pos()+N-1; returns N * n_vocab logits, row-major.
+  std::vector<float> forward(std::span<const int32_t> tokens);
+  // Next position to be written (= number of tokens consumed).
+  int64_t pos() const;
+
+  // State for speculative verification: copy, and restore (a verifier rolls back rejected rows
+  // by restoring the snapshot and re-running the accepted prefix).
+  std::unique_ptr<SessionState> snapshot() const;
+  void restore(const SessionState& state);
+  // Clears all state back to position 0.
+  void reset();
+  // Bytewise comparison of two states (every cache row, compressor/indexer state, position).
+  static bool states_equal(const SessionState& a, const SessionState& b);
+
+  // MTP draft (requires a model with an MTP block): from the trunk's final HC state of the last
+  // consumed position p and the token accepted for p+1, logits predicting position p+2
+  // (DeepSeek V3 nextn pairing, as llama.cpp; ds4-model.md §4.9 notes ds4's different pairing).
+  std::vector<float> mtp_draft(int32_t next_token);
+
+  void set_tap_sink(TapSink* sink) { taps_ = sink; }
+  const SessionOptions& options() const { return options_; }
+  const Model& model() const { return *model_; }
+
+ private:
+  struct Impl;
+  std::shared_ptr<const Model> model_;
+  SessionOptions options_;
+  TapSink* taps_ = nullptr;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Greedy / temperature sampling helper (lowest index wins ties for argmax).
+int32_t argmax(std::span<const float> logits);
+int32_t sample_token(std::span<const float> logits, float temperature, uint64_t& rng_state);
+
+}  // namespace ds4

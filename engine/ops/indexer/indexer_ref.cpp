@@ -1,0 +1,38 @@
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "ds4/quant.h"
+#include "ops/indexer/indexer.h"
+
+namespace ds4 {
+
+void indexer_scores_ref(const float* q, int n_head, int head_dim, const float* w,
+                        const float* K, int64_t n_rows, float* scores) {
+  const float qk_scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  const float w_scale = 1.0f / std::sqrt(static_cast<float>(n_head));
+  for (int64_t c = 0; c < n_rows; ++c) {
+    const float* k = K + c * head_dim;
+    float acc = 0;
+    for (int h = 0; h < n_head; ++h) {
+      const float d = dot_f32_f32(q + static_cast<int64_t>(h) * head_dim, k, head_dim);
+      acc += (std::fmax(d, 0.0f) * qk_scale) * (w[h] * w_scale);
+    }
+    scores[c] = acc;
+  }
+}
+
+std::vector<int32_t> topk_ascending_ref(const float* scores, int64_t n, int64_t k) {
+  std::vector<int32_t> idx(n);
+  std::iota(idx.begin(), idx.end(), 0);
+  k = std::min(k, n);
+  // Strict order: higher score first, lower index wins ties.
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
+    return scores[a] > scores[b] || (scores[a] == scores[b] && a < b);
+  });
+  idx.resize(k);
+  std::sort(idx.begin(), idx.end());
+  return idx;
+}
+
+}  // namespace ds4
