@@ -1,0 +1,149 @@
+// The only file that reads the environment (getenv) or parses engine flags.
+#include "ds4/config.h"
+
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+
+#include "ds4/error.h"
+#include "ds4/synth.h"
+
+extern char** environ;
+
+namespace ds4 {
+
+const std::vector<EnvVar>& known_env_vars() {
+  static const std::vector<EnvVar> vars = {
+      {"DS4_PROFILE", "numerics profile: ds4 (default) or plain"},
+      {"DS4_THREADS", "CPU threads (default: all cores)"},
+      {"DS4_CACHE_DIR", "where the built-in model is generated (default ~/.cache/ds4-parity)"},
+      {"DS4_STRICT_BATCHED", "1: every gate exact (batched == N=1 decode)"},
+      {"DS4_CUDA_STRICT_BATCHED", "alias of DS4_STRICT_BATCHED (the name ds4 uses)"},
+      {"DS4_GATES", "gate settings, e.g. all=fast or id=exact,id2=fast"},
+  };
+  return vars;
+}
+
+static bool parse_bool01(const char* name, const char* v) {
+  if (!std::strcmp(v, "1")) return true;
+  if (!std::strcmp(v, "0") || !*v) return false;
+  fail(std::string("environment variable ") + name + "='" + v + "': expected 0 or 1");
+}
+
+EnvSettings read_environment() {
+  EnvSettings s;
+  for (char** e = environ; e && *e; ++e) {
+    const char* kv = *e;
+    if (std::strncmp(kv, "DS4_", 4) != 0) continue;
+    const char* eq = std::strchr(kv, '=');
+    const std::string name(kv, eq ? static_cast<size_t>(eq - kv) : std::strlen(kv));
+    bool known = false;
+    for (const EnvVar& v : known_env_vars()) known |= (name == v.name);
+    if (!known) fail("unknown environment variable " + name + " (see `ds4 --help` for the DS4_* list)");
+  }
+  if (const char* v = std::getenv("DS4_PROFILE")) s.profile = v;
+  if (const char* v = std::getenv("DS4_THREADS"); v && *v)
+    s.threads = static_cast<int>(parse_int_flag("DS4_THREADS", v, 0, 4096));
+  if (const char* v = std::getenv("DS4_STRICT_BATCHED")) s.strict |= parse_bool01("DS4_STRICT_BATCHED", v);
+  if (const char* v = std::getenv("DS4_CUDA_STRICT_BATCHED"))
+    s.strict |= parse_bool01("DS4_CUDA_STRICT_BATCHED", v);
+  if (const char* v = std::getenv("DS4_GATES")) s.gates = v;
+  if (const char* v = std::getenv("DS4_CACHE_DIR"); v && *v) {
+    s.cache_dir = v;
+  } else if (const char* home = std::getenv("HOME"); home && *home) {
+    s.cache_dir = std::string(home) + "/.cache/ds4-parity";
+  } else {
+    s.cache_dir = "/tmp/ds4-parity";
+  }
+  return s;
+}
+
+int64_t parse_int_flag(const std::string& flag, const std::string& value, int64_t lo, int64_t hi) {
+  char* end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(value.c_str(), &end, 10);
+  if (value.empty() || *end || errno || v < lo || v > hi)
+    fail("bad value '" + value + "' for " + flag + " (expected an integer in [" + std::to_string(lo) +
+         ", " + std::to_string(hi) + "])");
+  return v;
+}
+
+double parse_float_flag(const std::string& flag, const std::string& value, double lo, double hi) {
+  char* end = nullptr;
+  errno = 0;
+  const double v = std::strtod(value.c_str(), &end);
+  if (value.empty() || *end || errno || !(v >= lo && v <= hi))
+    fail("bad value '" + value + "' for " + flag + " (expected a number in [" + std::to_string(lo) +
+         ", " + std::to_string(hi) + "])");
+  return v;
+}
+
+std::string ds4_cli_usage() {
+  std::string u =
+      "usage: ds4 [-m model.gguf] [-p prompt] [-n N] [--temp T] [--seed S] [--nothink] [-sys TEXT]\n"
+      "           [--backend cpu|cuda] [--profile ds4|plain] [--threads N] [--ctx N] [--raw]\n"
+      "Runs DeepSeek V4 Flash (deepseek4 GGUF). Without -m it generates and runs the built-in\n"
+      "synthetic tiny model (random weights: the text is gibberish, the numerics are real).\n"
+      "  -m PATH        deepseek4 GGUF file\n"
+      "  -p TEXT        user prompt (rendered with the DS4 chat template)\n"
+      "  -n N           tokens to generate (default 32)\n"
+      "  --temp T       sampling temperature (default 0 = greedy)\n"
+      "  --seed S       sampling seed (default 1234)\n"
+      "  --nothink      open the assistant turn with </think> instead of <think>\n"
+      "  -sys TEXT      system text (default \"You are a helpful assistant\")\n"
+      "  --backend B    cpu (reference) or cuda\n"
+      "  --profile P    numerics: ds4 (FP8 KV, FP4 indexer, int8 activations) or plain\n"
+      "  --threads N    CPU threads (default: all cores)\n"
+      "  --ctx N        maximum context (default 4096)\n"
+      "  --raw          no chat template: BPE the prompt as is, prefixed with BOS\n"
+      "environment:\n";
+  for (const EnvVar& v : known_env_vars()) u += std::string("  ") + v.name + "  " + v.doc + "\n";
+  return u;
+}
+
+Ds4Cli parse_ds4_cli(int argc, char** argv, const EnvSettings& env) {
+  Ds4Cli c;
+  if (!env.profile.empty()) c.profile = profile_from_name(env.profile);
+  c.threads = env.threads;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) fail("bad flag: " + a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "-h" || a == "--help") c.help = true;
+    else if (a == "-m" || a == "--model") c.model = value();
+    else if (a == "-p" || a == "--prompt") c.prompt = value();
+    else if (a == "-n") c.n_predict = static_cast<int>(parse_int_flag(a, value(), 0, 1 << 20));
+    else if (a == "--temp") c.temperature = static_cast<float>(parse_float_flag(a, value(), 0.0, 100.0));
+    else if (a == "--seed") c.seed = static_cast<uint64_t>(parse_int_flag(a, value(), 0, INT64_MAX));
+    else if (a == "--nothink") c.think = false;
+    else if (a == "-sys" || a == "--system") c.system = value();
+    else if (a == "--backend") {
+      c.backend = value();
+      if (c.backend != "cpu" && c.backend != "cuda") fail("bad value '" + c.backend + "' for --backend (cpu or cuda)");
+    } else if (a == "--profile") c.profile = profile_from_name(value());
+    else if (a == "--threads") c.threads = static_cast<int>(parse_int_flag(a, value(), 0, 4096));
+    else if (a == "--ctx") c.ctx = parse_int_flag(a, value(), 1, int64_t(1) << 24);
+    else if (a == "--raw") c.raw = true;
+    else fail("bad flag: unknown option '" + a + "' (see ds4 --help)");
+  }
+  return c;
+}
+
+std::string builtin_model_path(const EnvSettings& env) {
+  SynthOptions opt;  // tiny, ds4 mix, seed 1234
+  const std::string dir = env.cache_dir;
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) fail("cannot create cache folder " + dir + ": " + ec.message());
+  // Bump the suffix whenever the generator changes what it writes for the same options.
+  const std::string path = dir + "/" + synth_model_name(opt) + "-gen1.gguf";
+  if (!std::filesystem::exists(path)) write_synth_model(opt, path);
+  return path;
+}
+
+}  // namespace ds4

@@ -1,0 +1,59 @@
+// Settings: the only place the environment and command-line flags are read (style.md rule 5).
+// Precedence: CLI > environment > default. Any DS4_* environment variable that is not listed in
+// known_env_vars() is an error, which catches typos.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ds4/engine.h"
+
+namespace ds4 {
+
+struct EnvVar {
+  const char* name;
+  const char* doc;
+};
+// The documented DS4_* variables.
+const std::vector<EnvVar>& known_env_vars();
+
+// Values read from the environment (validated; unset -> empty/default).
+struct EnvSettings {
+  std::string profile;     // DS4_PROFILE
+  int threads = 0;         // DS4_THREADS
+  std::string cache_dir;   // DS4_CACHE_DIR (default $HOME/.cache/ds4-parity, else /tmp/ds4-parity)
+  bool strict = false;     // DS4_STRICT_BATCHED=1 (alias DS4_CUDA_STRICT_BATCHED=1)
+  std::string gates;       // DS4_GATES
+};
+// Reads and validates the environment; throws ds4::Error naming the variable.
+EnvSettings read_environment();
+
+// The `ds4` command line.
+struct Ds4Cli {
+  std::string model;                // -m (empty: built-in tiny model)
+  std::string prompt = "Hello";     // -p
+  int n_predict = 32;               // -n
+  float temperature = 0.0f;         // --temp (0 = greedy)
+  uint64_t seed = 1234;             // --seed
+  bool think = true;                // --nothink clears
+  std::string system = "You are a helpful assistant";  // -sys
+  std::string backend = "cpu";      // --backend cpu|cuda
+  Profile profile = Profile::Ds4;   // --profile ds4|plain
+  int threads = 0;                  // --threads
+  int64_t ctx = 4096;               // --ctx
+  bool raw = false;                 // --raw: no chat template, BPE the prompt as is
+  bool help = false;
+};
+// Parses argv (throws ds4::Error "bad flag ..." on an unknown flag or a bad value).
+Ds4Cli parse_ds4_cli(int argc, char** argv, const EnvSettings& env);
+std::string ds4_cli_usage();
+
+// Path of the built-in synthetic model (preset tiny, mix ds4, seed 1234) in the cache folder;
+// generated on first use (atomically, so concurrent first runs are safe).
+std::string builtin_model_path(const EnvSettings& env);
+
+// Small helpers shared by the command-line tools.
+int64_t parse_int_flag(const std::string& flag, const std::string& value, int64_t lo, int64_t hi);
+double parse_float_flag(const std::string& flag, const std::string& value, double lo, double hi);
+
+}  // namespace ds4
