@@ -40,14 +40,29 @@ class Tokenizer {
   int32_t assistant() const { return assistant_; }
   int32_t think() const { return think_; }
   int32_t think_end() const { return think_end_; }
+  int32_t dsml() const { return dsml_; }
 
  private:
   std::vector<std::string> tokens_;
   std::unordered_map<std::string, int32_t> token_ids_;
   std::unordered_map<std::string, int32_t> merge_rank_;  // key "left right"
   int32_t bos_ = -1, eos_ = -1, user_ = -1, assistant_ = -1, think_ = -1, think_end_ = -1;
+  int32_t dsml_ = -1;
   void index_specials();
+  // Appends the ids of one pre-token (raw bytes): lowest-rank merge first, leftmost on ties.
+  void encode_piece(std::string_view piece, std::string& key, std::vector<int32_t>& out) const;
 };
+
+// GPT-2 byte-level mapping (bytes_to_unicode): every byte becomes one printable code point, so
+// the result is UTF-8 with one code point per input byte.
+std::string bytes_to_byte_level(std::string_view bytes);
+// Inverse of bytes_to_byte_level. Code points outside the 256-entry map (the text of special
+// tokens such as <｜User｜>) and invalid UTF-8 bytes are copied through unchanged.
+std::string byte_level_to_bytes(std::string_view text);
+
+// The joyai-llm / DeepSeek V3 pre-tokenizer (ds4-model.md §7): splits raw text into pieces whose
+// concatenation is exactly `text`. Views point into `text`.
+std::vector<std::string_view> pretokenize(std::string_view text);
 
 // The DS4 single-turn chat prompt (ds4-model.md §7):
 // BOS + BPE(system) + <｜User｜> + BPE(user) + <｜Assistant｜> + (<think> if think else </think>).
