@@ -30,6 +30,8 @@ struct Session::Impl {
   const HParams& hp;
   const ModelWeights& w;
   Profile profile;
+  TopkTies ties;
+  int64_t torch_queue_len;
   int64_t max_ctx;
   ThreadPool pool;
   RopeParams rope_main, rope_comp;
@@ -40,6 +42,8 @@ struct Session::Impl {
       : hp(model.hparams()),
         w(model.weights()),
         profile(o.profile),
+        ties(o.topk_ties),
+        torch_queue_len(o.torch_queue_len),
         max_ctx(o.max_ctx),
         pool(o.n_threads > 0 ? o.n_threads : std::max(1u, std::thread::hardware_concurrency())),
         taps(taps_) {
@@ -221,7 +225,9 @@ struct Session::Impl {
     tap(il, "lid_weights", p, wts);
     indexer_scores_ref(qi.data(), nih, ihd, wts.data(), S.idx_rows.data(), n_vis, scores.data());
     tap(il, "lid_score", p, scores);
-    *selected = topk_ascending_ref(scores.data(), n_vis, hp.idx_top_k);
+    *selected = ties == TopkTies::LowerIndex
+                    ? topk_ascending_ref(scores.data(), n_vis, hp.idx_top_k)
+                    : topk_torch_cpu_ref(scores.data(), n_vis, hp.idx_top_k, torch_queue_len);
     if (*taps) {
       std::vector<float> ids(selected->begin(), selected->end());
       tap(il, "lid_top_k", p, ids);
@@ -374,7 +380,7 @@ std::vector<float> Session::decode(int32_t token) {
 
 std::vector<float> Session::forward(std::span<const int32_t> tokens) { return impl_->forward(tokens); }
 int64_t Session::pos() const { return impl_->st.pos; }
-std::unique_ptr<SessionState> Session::snapshot() const { return std::make_unique<SessionState>(impl_->st); }
+std::shared_ptr<const SessionState> Session::snapshot() const { return std::make_shared<const SessionState>(impl_->st); }
 void Session::restore(const SessionState& state) { impl_->st = state; }
 void Session::reset() { impl_->reset(); }
 std::vector<float> Session::mtp_draft(int32_t next_token) { return impl_->mtp_draft(next_token); }

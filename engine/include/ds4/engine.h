@@ -58,8 +58,18 @@ class Model {
   std::unique_ptr<ModelWeights> weights_;
 };
 
+// Which rows the indexer keeps among equal scores at the top-k boundary.
+//   lower_index: the lower row id wins (ds4, and our CUDA kernels): deterministic and
+//                independent of how many rows the query sees.
+//   torch_cpu:   PyTorch's CPU topk (HF transformers), for reproducing the HF oracle only; with
+//                torch_queue_len = 0 it is HF's decode path, with the number of compressed rows
+//                of the whole prompt it is HF's prefill path (see ops/indexer/indexer.h).
+enum class TopkTies { LowerIndex, TorchCpu };
+
 struct SessionOptions {
   Profile profile = Profile::Ds4;
+  TopkTies topk_ties = TopkTies::LowerIndex;
+  int64_t torch_queue_len = 0;
   int n_threads = 0;        // 0: hardware concurrency
   int64_t max_ctx = 4096;   // positions the session may hold (compressed caches are sized by it)
 };
@@ -82,7 +92,7 @@ class Session {
 
   // State for speculative verification: copy, and restore (a verifier rolls back rejected rows
   // by restoring the snapshot and re-running the accepted prefix).
-  std::unique_ptr<SessionState> snapshot() const;
+  std::shared_ptr<const SessionState> snapshot() const;  // shared_ptr: SessionState stays opaque
   void restore(const SessionState& state);
   // Clears all state back to position 0.
   void reset();

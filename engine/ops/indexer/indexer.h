@@ -13,4 +13,13 @@ void indexer_scores_ref(const float* q, int n_head, int head_dim, const float* w
                         const float* K, int64_t n_rows, float* scores);
 std::vector<int32_t> topk_ascending_ref(const float* scores, int64_t n, int64_t k);
 
+// topk__torch_cpu: PyTorch's CPU torch.topk selection (ATen topk_impl_loop: a queue of
+// (value, index) in index order compared on value only; std::partial_sort when k * 64 <= n, else
+// std::nth_element), padded with -inf up to queue_len entries (queue_len <= n: no padding).
+// Which of several equal scores it keeps depends on the queue length: HF's prefill pads every
+// query's row with the masked future (-inf), its decode path does not, so HF's indexer picks
+// different rows among exact ties (ReLU makes zero scores common) in its two modes. Used only to
+// reproduce the HF oracle; returned in ascending index order.
+std::vector<int32_t> topk_torch_cpu_ref(const float* scores, int64_t n, int64_t k, int64_t queue_len);
+
 }  // namespace ds4

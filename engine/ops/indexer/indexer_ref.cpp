@@ -35,4 +35,25 @@ std::vector<int32_t> topk_ascending_ref(const float* scores, int64_t n, int64_t 
   return idx;
 }
 
+std::vector<int32_t> topk_torch_cpu_ref(const float* scores, int64_t n, int64_t k, int64_t queue_len) {
+  const int64_t len = std::max(n, queue_len);
+  std::vector<std::pair<float, int32_t>> queue;
+  queue.reserve(len);
+  for (int64_t i = 0; i < len; ++i) queue.emplace_back(i < n ? scores[i] : -INFINITY, static_cast<int32_t>(i));
+  k = std::min(k, len);
+  auto greater = [](const std::pair<float, int32_t>& x, const std::pair<float, int32_t>& y) {
+    return (std::isnan(x.first) && !std::isnan(y.first)) || x.first > y.first;
+  };
+  if (k * 64 <= len) {
+    std::partial_sort(queue.begin(), queue.begin() + k, queue.end(), greater);
+  } else {
+    std::nth_element(queue.begin(), queue.begin() + (k - 1), queue.end(), greater);
+  }
+  std::vector<int32_t> idx;
+  for (int64_t i = 0; i < k; ++i)
+    if (queue[i].second < n) idx.push_back(queue[i].second);  // padding never wins over a real row
+  std::sort(idx.begin(), idx.end());
+  return idx;
+}
+
 }  // namespace ds4
