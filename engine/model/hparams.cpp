@@ -107,6 +107,10 @@ void HParams::validate(const std::string& where) const {
   if (n_rot == 0 || n_rot > head_dim || n_rot % 2) bad("rope.dimension_count must be even and <= key_length");
   if (o_groups == 0 || n_head % o_groups) bad("head_count not divisible by output_group_count");
   if (ratios.size() != n_layer) bad("compress_ratios length differs from block_count");
+  for (size_t i = 0; i < ratios.size(); ++i)
+    if (ratios[i] != 0 && ratios[i] != 4 && ratios[i] != 128)
+      bad("compress_ratios entry " + std::to_string(i) + " is " + std::to_string(ratios[i]) +
+          ", expected 0, 4 or 128");
   if (n_hc == 0 || n_hc > 16) bad("hyper_connection.count out of range");
   if (sinkhorn_iters == 0) bad("sinkhorn_iterations is 0");
   if (n_expert == 0 || n_expert_used == 0 || n_expert_used > n_expert) bad("expert_used_count");

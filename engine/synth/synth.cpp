@@ -1,0 +1,366 @@
+// Synthetic DS4 model generator (see ds4/synth.h).
+//
+// Weight distributions follow the HF oracle script (hf_tiny_dsv4.py) so a synthetic model is as
+// "loud" as the oracle's: unit-scale activations, ~4% of expert gate/up values beyond the SwiGLU
+// clamp, norm weights near 1. Every tensor row has its own random stream seeded from
+// (seed, tensor name, row), so rows can be generated in parallel and adding a tensor (e.g. the MTP
+// block) never changes the values of the others.
+#include "ds4/synth.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <exception>
+#include <thread>
+
+#include "ds4/error.h"
+#include "ds4/gguf.h"
+#include "ds4/quant.h"
+#include "ds4/tokenizer.h"
+
+namespace ds4 {
+namespace {
+
+// ---- deterministic elementary functions ----
+// Only +, -, *, / and frexp (all exact or correctly rounded in IEEE 754), so the same bits come
+// out of every libm. (A compiler that contracts a*b+c into an FMA could still change the last bit
+// of a double; x86-64 without -mfma does not, and a 1-ulp double change almost never moves the
+// float that is finally stored.)
+
+constexpr double kLn2 = 0.693147180559945309417232121458176568;
+constexpr double kHalfPi = 1.57079632679489661923132169163975144;
+
+// ln(x) for finite x > 0: x = m·2^e with m in [sqrt(1/2), sqrt(2)), ln m = 2·atanh((m-1)/(m+1)).
+double det_log(double x) {
+  int e = 0;
+  double m = std::frexp(x, &e);  // m in [0.5, 1)
+  if (m < 0.70710678118654752440) {
+    m *= 2;
+    e -= 1;
+  }
+  const double s = (m - 1) / (m + 1);  // |s| <= 0.1716, s² <= 0.0295
+  const double s2 = s * s;
+  double term = s, sum = 0;
+  for (int k = 0; k < 14; ++k) {  // s2^14 / 29 < 1e-22
+    sum += term / (2 * k + 1);
+    term *= s2;
+  }
+  return 2 * sum + e * kLn2;
+}
+
+// sin and cos of a in [0, pi/2] by Taylor series (last term < 1e-18).
+void det_sincos_quarter(double a, double* s, double* c) {
+  const double a2 = a * a;
+  double ts = a, tc = 1, ss = 0, sc = 0;
+  for (int k = 1; k <= 13; ++k) {
+    ss += ts;
+    sc += tc;
+    ts = -ts * a2 / ((2 * k) * (2 * k + 1));
+    tc = -tc * a2 / ((2 * k - 1) * (2 * k));
+  }
+  *s = ss;
+  *c = sc;
+}
+
+// sin(2·pi·u), cos(2·pi·u) for u in [0, 1): the quadrant split 4u = q + r is exact.
+void det_sincos_turn(double u, double* s, double* c) {
+  const double x = 4 * u;
+  const int q = static_cast<int>(x);
+  const double r = x - q;
+  double sa = 0, ca = 0;
+  det_sincos_quarter(r * kHalfPi, &sa, &ca);
+  switch (q & 3) {
+    case 0:
+      *s = sa;
+      *c = ca;
+      break;
+    case 1:
+      *s = ca;
+      *c = -sa;
+      break;
+    case 2:
+      *s = -sa;
+      *c = -ca;
+      break;
+    default:
+      *s = -ca;
+      *c = sa;
+      break;
+  }
+}
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+uint64_t fnv1a64(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char ch : s) {
+    h ^= ch;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+uint64_t stream_seed(uint64_t seed, uint64_t name_hash, uint64_t index) {
+  return splitmix64(seed ^ splitmix64(name_hash ^ splitmix64(index)));
+}
+
+// ---- presets ----
+
+std::vector<uint32_t> ratio_schedule(uint32_t n_layer) {
+  // Real Flash: layers 0, 1 raw; then ratio 4 on even, 128 on odd layers (ds4-model.md §1.2).
+  std::vector<uint32_t> r(n_layer);
+  for (uint32_t il = 0; il < n_layer; ++il) r[il] = il < 2 ? 0 : (il % 2 == 0 ? 4 : 128);
+  return r;
+}
+
+HParams preset_tiny() {
+  HParams hp;
+  hp.n_layer = 4;
+  hp.n_vocab = 512;
+  hp.n_embd = 256;
+  hp.n_head = 8;
+  hp.head_dim = 128;
+  hp.n_rot = 64;
+  hp.q_lora = 128;
+  hp.o_lora = 64;
+  hp.o_groups = 4;
+  hp.window = 128;
+  hp.n_idx_head = 4;
+  hp.idx_head_dim = 128;
+  hp.idx_top_k = 16;
+  hp.n_expert = 8;
+  hp.n_expert_used = 2;
+  hp.n_expert_shared = 1;
+  hp.n_ff_exp = 256;  // HF oracle: 64; 256 lets Q2_K / IQ2_XXS / Q4_K experts (256-blocks) apply
+  hp.n_hash_layer = 3;
+  return hp;
+}
+
+HParams preset_flash_shape() {
+  HParams hp;
+  hp.n_layer = 4;
+  hp.n_vocab = 129280;
+  hp.n_embd = 4096;
+  hp.n_head = 64;
+  hp.head_dim = 512;
+  hp.n_rot = 64;
+  hp.q_lora = 1024;
+  hp.o_lora = 1024;
+  hp.o_groups = 8;
+  hp.window = 128;
+  hp.n_idx_head = 64;
+  hp.idx_head_dim = 128;
+  hp.idx_top_k = 512;
+  hp.n_expert = 16;
+  hp.n_expert_used = 6;
+  hp.n_expert_shared = 1;
+  hp.n_ff_exp = 2048;
+  hp.n_hash_layer = 3;
+  return hp;
+}
+
+// ---- weights ----
+
+struct Dist {
+  bool hash_table = false;  // tid2eid: per token, n_used distinct experts
+  double mean = 0, std = 1;
+};
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+bool contains(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
+
+// Distributions of hf_tiny_dsv4.py, keyed by GGUF name ("in" = ne0, the input width).
+Dist dist_for(const TensorSpec& t) {
+  const std::string& n = t.name;
+  const double in = static_cast<double>(t.ne[0]);
+  if (t.role == TensorRole::HashTable) return {true, 0, 0};
+  if (n == "token_embd.weight") return {false, 0, 1};
+  if (contains(n, "ffn_gate_exps") || contains(n, "ffn_up_exps") || contains(n, "ffn_gate_shexp") ||
+      contains(n, "ffn_up_shexp"))
+    return {false, 0, 5 / std::sqrt(in)};
+  if (ends_with(n, "attn_sinks.weight")) return {false, 0, 1};
+  if (ends_with(n, "_ape.weight")) return {false, 0, 0.5};
+  if (contains(n, "hc_") && ends_with(n, "_scale.weight")) return {false, 1, 0.2};
+  if (contains(n, "hc_") && ends_with(n, "_base.weight")) return {false, 0, 0.3};
+  if (ends_with(n, "exp_probs_b.bias")) return {false, 0, 0.1};
+  if (t.role == TensorRole::Vector) return {false, 1, 0.1};  // RMSNorm weights
+  return {false, 0, 1 / std::sqrt(in)};
+}
+
+int64_t product(const std::vector<int64_t>& ne, size_t from) {
+  int64_t p = 1;
+  for (size_t i = from; i < ne.size(); ++i) p *= ne[i];
+  return p;
+}
+
+// Runs body(begin, end) over [0, n) split into contiguous ranges, one per thread.
+template <class F>
+void parallel_rows(int64_t n, unsigned n_threads, F body) {
+  unsigned t = n_threads ? n_threads : std::max(1u, std::thread::hardware_concurrency());
+  t = static_cast<unsigned>(std::min<int64_t>(t, std::max<int64_t>(1, n / 16)));
+  if (t <= 1) {
+    body(int64_t{0}, n);
+    return;
+  }
+  std::vector<std::thread> threads;
+  std::vector<std::exception_ptr> errors(t);
+  for (unsigned i = 0; i < t; ++i) {
+    threads.emplace_back([&, i] {
+      try {
+        body(n * i / t, n * (i + 1) / t);
+      } catch (...) {
+        errors[i] = std::current_exception();
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+// The bytes of one tensor: rows of ne0 values from their own streams, quantised to `type`.
+std::vector<uint8_t> make_tensor(const TensorSpec& t, QType type, const HParams& hp, uint64_t seed,
+                                 unsigned n_threads) {
+  const Dist dist = dist_for(t);
+  const int64_t ne0 = t.ne[0], rows = product(t.ne, 1);
+  const size_t row_bytes = qtype_row_bytes(type, ne0);
+  std::vector<uint8_t> out(row_bytes * static_cast<size_t>(rows));
+  const uint64_t name_hash = fnv1a64(t.name);
+  parallel_rows(rows, n_threads, [&](int64_t r0, int64_t r1) {
+    std::vector<float> row(static_cast<size_t>(ne0));
+    std::vector<int32_t> perm(hp.n_expert);
+    for (int64_t r = r0; r < r1; ++r) {
+      SynthRng rng(stream_seed(seed, name_hash, static_cast<uint64_t>(r)));
+      uint8_t* dst = out.data() + row_bytes * static_cast<size_t>(r);
+      if (dist.hash_table) {
+        // Row r = token r: a random permutation prefix of n_used distinct experts (Fisher-Yates).
+        for (uint32_t e = 0; e < hp.n_expert; ++e) perm[e] = static_cast<int32_t>(e);
+        for (int64_t j = 0; j < ne0; ++j) {
+          const uint64_t k =
+              static_cast<uint64_t>(j) + rng.below(hp.n_expert - static_cast<uint64_t>(j));
+          std::swap(perm[static_cast<size_t>(j)], perm[k]);
+        }
+        std::memcpy(dst, perm.data(), sizeof(int32_t) * static_cast<size_t>(ne0));
+        continue;
+      }
+      for (auto& v : row) v = static_cast<float>(dist.mean + dist.std * rng.normal());
+      if (type == QType::F32)
+        std::memcpy(dst, row.data(), row_bytes);
+      else
+        quantize_row(type, row.data(), dst, ne0);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+// ---- SynthRng ----
+
+double SynthRng::uniform() { return static_cast<double>(gen_() >> 11) * 0x1.0p-53; }
+
+uint64_t SynthRng::below(uint64_t n) {
+  if (n == 0) fail("SynthRng::below(0)");
+  // Reject the top partial bucket so every residue is equally likely.
+  const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
+  uint64_t x = gen_();
+  while (x >= limit) x = gen_();
+  return x % n;
+}
+
+double SynthRng::normal() {
+  if (have_spare_) {
+    have_spare_ = false;
+    return spare_;
+  }
+  const double u1 = 1.0 - uniform();  // (0, 1]: log is finite
+  const double u2 = uniform();
+  const double r = std::sqrt(-2.0 * det_log(u1));  // sqrt is correctly rounded
+  double s = 0, c = 0;
+  det_sincos_turn(u2, &s, &c);
+  spare_ = r * s;
+  have_spare_ = true;
+  return r * c;
+}
+
+uint64_t synth_stream_seed(uint64_t seed, const std::string& name, uint64_t index) {
+  return stream_seed(seed, fnv1a64(name), index);
+}
+
+// ---- public API ----
+
+std::vector<std::string> synth_presets() { return {"tiny", "flash-shape"}; }
+
+std::string synth_model_name(const SynthOptions& opt) {
+  return "ds4-synth-" + opt.preset + "-" + opt.quant_mix + "-seed" + std::to_string(opt.seed);
+}
+
+HParams synth_hparams(const SynthOptions& opt) {
+  HParams hp;
+  if (opt.preset == "tiny")
+    hp = preset_tiny();
+  else if (opt.preset == "flash-shape")
+    hp = preset_flash_shape();
+  else
+    fail("unknown synth preset '" + opt.preset + "' (known: tiny, flash-shape)");
+  if (opt.n_layer) hp.n_layer = opt.n_layer;
+  if (opt.n_vocab) hp.n_vocab = opt.n_vocab;
+  if (opt.n_ff_exp) hp.n_ff_exp = opt.n_ff_exp;
+  if (opt.n_expert) {
+    hp.n_expert = opt.n_expert;
+    hp.n_expert_used = std::min(hp.n_expert_used, hp.n_expert);
+  }
+  hp.ratios = ratio_schedule(hp.n_layer);
+  hp.n_hash_layer = std::min(hp.n_hash_layer, hp.n_layer);
+  hp.clamp_exp.assign(hp.n_layer, 10.f);
+  hp.clamp_shexp.assign(hp.n_layer, 10.f);
+  hp.n_ctx_train = 1048576;
+  hp.n_mtp = opt.mtp ? 1 : 0;
+  hp.validate("synth preset '" + opt.preset + "'");
+  return hp;
+}
+
+std::vector<QType> plan_tensor_types(const std::vector<TensorSpec>& specs, const QuantMix& mix) {
+  std::vector<QType> types;
+  types.reserve(specs.size());
+  for (const TensorSpec& t : specs) {
+    const QType type = mix.type_for(t.role);
+    const int block = qtype_info(type).block_elems;
+    if (t.ne.empty() || t.ne[0] % block != 0)
+      fail("quant mix '" + mix.name + "': tensor '" + t.name + "' has ne0 = " +
+           std::to_string(t.ne.empty() ? 0 : t.ne[0]) + ", not a multiple of the " +
+           std::to_string(block) + "-element blocks of " + qtype_name(type));
+    types.push_back(type);
+  }
+  return types;
+}
+
+void write_synth_model(const SynthOptions& opt, const std::string& path) {
+  const HParams hp = synth_hparams(opt);
+  const QuantMix mix = QuantMix::by_name(opt.quant_mix);
+  const std::vector<TensorSpec> specs = expected_tensors(hp);
+  const std::vector<QType> types = plan_tensor_types(specs, mix);  // fail before any work
+
+  GgufWriter w;
+  hp.write(w);
+  w.set_str("general.name", synth_model_name(opt));
+  write_tokenizer_metadata(w, make_synthetic_vocab(static_cast<int32_t>(hp.n_vocab)));
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const TensorSpec& t = specs[i];
+    std::vector<uint8_t> data = make_tensor(t, types[i], hp, opt.seed, opt.n_threads);
+    // attn_output_a goes out 3-D [in, o_lora, groups] (llama.cpp's layout; same bytes).
+    const std::vector<int64_t>& ne = t.alt_ne.empty() ? t.ne : t.alt_ne;
+    w.add_tensor(t.name, ne, types[i], data.data(), data.size());
+  }
+  w.write(path);
+}
+
+}  // namespace ds4
