@@ -1,0 +1,319 @@
+// GGUF v3 writer. Metadata and tensors are held in memory in insertion order; write() streams
+// them to "<path>.tmp" and renames it over <path> only once every byte (and the close) has
+// succeeded, so readers never see a partial file and a failed write leaves nothing behind.
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <map>
+
+#include "ds4/error.h"
+#include "ds4/gguf.h"
+
+namespace ds4 {
+
+namespace {
+
+constexpr uint32_t kDefaultAlignment = 32;
+constexpr uint32_t kMaxDims = 4;
+
+struct PendingTensor {
+  std::string name;
+  std::vector<int64_t> ne;
+  QType type;
+  std::vector<uint8_t> data;
+};
+
+// Buffered output that remembers the first I/O error instead of checking at every call site.
+class Output {
+ public:
+  explicit Output(const std::string& path) : path_(path) {
+    file_ = std::fopen(path.c_str(), "wb");
+    if (!file_) errno_ = errno;
+  }
+  ~Output() {
+    if (file_) std::fclose(file_);
+  }
+  bool opened() const { return file_ != nullptr; }
+  int error() const { return errno_; }
+
+  void bytes(const void* p, size_t n) {
+    if (errno_ || n == 0) return;
+    if (std::fwrite(p, 1, n, file_) != n) errno_ = errno ? errno : EIO;
+    written_ += n;
+  }
+  template <typename T>
+  void pod(T v) { bytes(&v, sizeof v); }  // host is little-endian, as GGUF is
+  void str(const std::string& s) {
+    pod<uint64_t>(s.size());
+    bytes(s.data(), s.size());
+  }
+  void pad_to(uint64_t align) {
+    static const uint8_t zeros[256] = {};
+    uint64_t n = (align - written_ % align) % align;
+    while (n > 0) {
+      size_t k = n < sizeof zeros ? size_t(n) : sizeof zeros;
+      bytes(zeros, k);
+      n -= k;
+    }
+  }
+  uint64_t written() const { return written_; }
+
+  // Flushes and closes; returns the first error seen (0 if none).
+  int close() {
+    if (!file_) return errno_;
+    if (std::fflush(file_) != 0 && !errno_) errno_ = errno ? errno : EIO;
+    if (std::fclose(file_) != 0 && !errno_) errno_ = errno ? errno : EIO;
+    file_ = nullptr;
+    return errno_;
+  }
+
+ private:
+  std::string path_;
+  std::FILE* file_ = nullptr;
+  int errno_ = 0;
+  uint64_t written_ = 0;
+};
+
+bool is_float_type(GgufType t) { return t == GgufType::FLOAT32 || t == GgufType::FLOAT64; }
+
+// Writes one scalar of `type` taking its value from the member the reader would have filled.
+void write_scalar(Output& out, GgufType type, uint64_t u, int64_t i, double f,
+                  const std::string& s) {
+  switch (type) {
+    case GgufType::UINT8: out.pod<uint8_t>(uint8_t(u)); break;
+    case GgufType::UINT16: out.pod<uint16_t>(uint16_t(u)); break;
+    case GgufType::UINT32: out.pod<uint32_t>(uint32_t(u)); break;
+    case GgufType::UINT64: out.pod<uint64_t>(u); break;
+    case GgufType::INT8: out.pod<int8_t>(int8_t(i)); break;
+    case GgufType::INT16: out.pod<int16_t>(int16_t(i)); break;
+    case GgufType::INT32: out.pod<int32_t>(int32_t(i)); break;
+    case GgufType::INT64: out.pod<int64_t>(i); break;
+    case GgufType::FLOAT32: out.pod<float>(float(f)); break;
+    case GgufType::FLOAT64: out.pod<double>(f); break;
+    case GgufType::BOOL: out.pod<uint8_t>(u ? 1 : 0); break;
+    case GgufType::STRING: out.str(s); break;
+    case GgufType::ARRAY: break;  // never an array element (checked in set_value)
+  }
+}
+
+void write_value(Output& out, const GgufValue& v) {
+  out.pod<uint32_t>(static_cast<uint32_t>(v.type));
+  if (v.type != GgufType::ARRAY) {
+    write_scalar(out, v.type, v.u, v.i, v.f, v.s);
+    return;
+  }
+  out.pod<uint32_t>(static_cast<uint32_t>(v.elem_type));
+  out.pod<uint64_t>(v.array_size());
+  static const std::string empty;
+  if (v.elem_type == GgufType::STRING) {
+    for (const auto& s : v.strings) write_scalar(out, v.elem_type, 0, 0, 0, s);
+  } else if (is_float_type(v.elem_type)) {
+    for (double x : v.floats) write_scalar(out, v.elem_type, 0, 0, x, empty);
+  } else {
+    // ints holds signed values, or the bit pattern of unsigned ones (see the reader).
+    for (int64_t x : v.ints) write_scalar(out, v.elem_type, uint64_t(x), x, 0, empty);
+  }
+}
+
+}  // namespace
+
+struct GgufWriter::Impl {
+  std::vector<std::pair<std::string, GgufValue>> kv;
+  std::map<std::string, size_t> kv_index;
+  std::vector<PendingTensor> tensors;
+  std::map<std::string, size_t> tensor_index;
+
+  void set(const std::string& key, GgufValue v) {
+    auto it = kv_index.find(key);
+    if (it != kv_index.end()) {
+      kv[it->second].second = std::move(v);
+      return;
+    }
+    kv_index[key] = kv.size();
+    kv.emplace_back(key, std::move(v));
+  }
+
+  uint32_t alignment() const {
+    auto it = kv_index.find("general.alignment");
+    if (it == kv_index.end()) return kDefaultAlignment;
+    const GgufValue& v = kv[it->second].second;
+    if (v.type != GgufType::UINT32 || v.u == 0 || (v.u & (v.u - 1)) != 0)
+      fail("GGUF writer: general.alignment must be a u32 power of two");
+    return static_cast<uint32_t>(v.u);
+  }
+
+  void write_all(Output& out, uint32_t align) const {
+    out.bytes("GGUF", 4);
+    out.pod<uint32_t>(3);
+    out.pod<uint64_t>(tensors.size());
+    out.pod<uint64_t>(kv.size());
+    for (const auto& [key, value] : kv) {
+      out.str(key);
+      write_value(out, value);
+    }
+    uint64_t offset = 0;  // relative to the data section
+    for (const PendingTensor& t : tensors) {
+      out.str(t.name);
+      out.pod<uint32_t>(static_cast<uint32_t>(t.ne.size()));
+      for (int64_t d : t.ne) out.pod<uint64_t>(uint64_t(d));
+      out.pod<uint32_t>(static_cast<uint32_t>(t.type));
+      out.pod<uint64_t>(offset);
+      offset += (t.data.size() + align - 1) / align * align;
+    }
+    out.pad_to(align);
+    for (const PendingTensor& t : tensors) {
+      out.bytes(t.data.data(), t.data.size());
+      out.pad_to(align);
+    }
+  }
+};
+
+GgufWriter::GgufWriter() : impl_(std::make_unique<Impl>()) {}
+GgufWriter::~GgufWriter() = default;
+
+namespace {
+
+GgufValue scalar(GgufType type) {
+  GgufValue v;
+  v.type = type;
+  return v;
+}
+
+GgufValue array(GgufType elem) {
+  GgufValue v;
+  v.type = GgufType::ARRAY;
+  v.elem_type = elem;
+  return v;
+}
+
+}  // namespace
+
+void GgufWriter::set_u32(const std::string& key, uint32_t x) {
+  GgufValue v = scalar(GgufType::UINT32);
+  v.u = x;
+  v.i = x;
+  impl_->set(key, std::move(v));
+}
+
+void GgufWriter::set_i32(const std::string& key, int32_t x) {
+  GgufValue v = scalar(GgufType::INT32);
+  v.i = x;
+  impl_->set(key, std::move(v));
+}
+
+void GgufWriter::set_u64(const std::string& key, uint64_t x) {
+  GgufValue v = scalar(GgufType::UINT64);
+  v.u = x;
+  v.i = static_cast<int64_t>(x);
+  impl_->set(key, std::move(v));
+}
+
+void GgufWriter::set_f32(const std::string& key, float x) {
+  GgufValue v = scalar(GgufType::FLOAT32);
+  v.f = x;
+  impl_->set(key, std::move(v));
+}
+
+void GgufWriter::set_bool(const std::string& key, bool x) {
+  GgufValue v = scalar(GgufType::BOOL);
+  v.u = x ? 1 : 0;
+  v.i = v.u;
+  impl_->set(key, std::move(v));
+}
+
+void GgufWriter::set_str(const std::string& key, const std::string& x) {
+  GgufValue v = scalar(GgufType::STRING);
+  v.s = x;
+  impl_->set(key, std::move(v));
+}
+
+void GgufWriter::set_arr_str(const std::string& key, const std::vector<std::string>& x) {
+  GgufValue v = array(GgufType::STRING);
+  v.strings = x;
+  impl_->set(key, std::move(v));
+}
+
+void GgufWriter::set_arr_i32(const std::string& key, const std::vector<int32_t>& x) {
+  GgufValue v = array(GgufType::INT32);
+  v.ints.assign(x.begin(), x.end());
+  impl_->set(key, std::move(v));
+}
+
+void GgufWriter::set_arr_u32(const std::string& key, const std::vector<uint32_t>& x) {
+  GgufValue v = array(GgufType::UINT32);
+  v.ints.assign(x.begin(), x.end());
+  impl_->set(key, std::move(v));
+}
+
+void GgufWriter::set_arr_f32(const std::string& key, const std::vector<float>& x) {
+  GgufValue v = array(GgufType::FLOAT32);
+  v.floats.assign(x.begin(), x.end());
+  impl_->set(key, std::move(v));
+}
+
+void GgufWriter::set_value(const std::string& key, const GgufValue& v) {
+  auto type = static_cast<uint32_t>(v.type);
+  if (type > static_cast<uint32_t>(GgufType::FLOAT64))
+    fail("GGUF writer: metadata key '" + key + "' has unknown type " + std::to_string(type));
+  if (v.type == GgufType::ARRAY) {
+    auto elem = static_cast<uint32_t>(v.elem_type);
+    if (v.elem_type == GgufType::ARRAY || elem > static_cast<uint32_t>(GgufType::FLOAT64))
+      fail("GGUF writer: metadata key '" + key + "' has unsupported array element type " +
+           std::to_string(elem));
+  }
+  impl_->set(key, v);
+}
+
+void GgufWriter::add_tensor(const std::string& name, const std::vector<int64_t>& ne, QType type,
+                            const void* data, size_t nbytes) {
+  const std::string who = "GGUF writer: tensor '" + name + "'";
+  if (impl_->tensor_index.count(name)) fail(who + " added twice");
+  if (ne.empty() || ne.size() > kMaxDims)
+    fail(who + " has " + std::to_string(ne.size()) + " dimensions (expected 1.." +
+         std::to_string(kMaxDims) + ")");
+  if (!qtype_known(static_cast<uint32_t>(type)))
+    fail(who + " has unknown type " + std::to_string(static_cast<uint32_t>(type)));
+  for (int64_t d : ne)
+    if (d < 0) fail(who + " has a negative dimension");
+  // nbytes = row bytes * rows, checked here so that a bad shape names the tensor.
+  const QTypeInfo& info = qtype_info(type);
+  if (ne[0] % info.block_elems != 0)
+    fail(who + " ne[0] = " + std::to_string(ne[0]) + " is not a multiple of the " + info.name +
+         " block size " + std::to_string(info.block_elems));
+  uint64_t expected = uint64_t(ne[0] / info.block_elems);
+  bool overflow = __builtin_mul_overflow(expected, uint64_t(info.block_bytes), &expected);
+  for (size_t d = 1; d < ne.size(); ++d)
+    overflow = overflow || __builtin_mul_overflow(expected, uint64_t(ne[d]), &expected);
+  if (overflow) fail(who + " byte size overflows");
+  if (expected != nbytes)
+    fail(who + " has " + std::to_string(nbytes) + " bytes, expected " +
+         std::to_string(expected) + " for its type and shape");
+  PendingTensor t{name, ne, type, {}};
+  if (nbytes > 0) {
+    const auto* p = static_cast<const uint8_t*>(data);
+    t.data.assign(p, p + nbytes);
+  }
+  impl_->tensor_index[name] = impl_->tensors.size();
+  impl_->tensors.push_back(std::move(t));
+}
+
+size_t GgufWriter::tensor_count() const { return impl_->tensors.size(); }
+
+void GgufWriter::write(const std::string& path) const {
+  const uint32_t align = impl_->alignment();
+  const std::string tmp = path + ".tmp";
+  int err = 0;
+  {
+    Output out(tmp);
+    if (!out.opened()) fail(path + ": cannot create " + tmp + ": " + std::strerror(out.error()));
+    impl_->write_all(out, align);
+    err = out.close();
+  }
+  if (err == 0 && std::rename(tmp.c_str(), path.c_str()) != 0) err = errno ? errno : EIO;
+  if (err != 0) {
+    std::remove(tmp.c_str());
+    fail(path + ": write failed: " + std::strerror(err));
+  }
+}
+
+}  // namespace ds4
