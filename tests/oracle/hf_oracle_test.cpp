@@ -115,6 +115,7 @@ TEST_F(HfOracle, PlainProfileMatchesFp64PrefillLogits) {
   ASSERT_EQ(fp64_.size(), tokens_.size() * static_cast<size_t>(V));
   ds4::SessionOptions so;
   so.profile = ds4::Profile::Plain;
+  so.gates = ds4::GateSet::all_exact();
   so.topk_ties = ds4::TopkTies::TorchCpu;
   so.torch_queue_len = 320 / 4;
   const auto batched = run_batched(model_, tokens_, so);
@@ -138,6 +139,7 @@ TEST_F(HfOracle, PlainProfileMatchesHfDecodePath) {
   ASSERT_EQ(step_.size(), tokens_.size() * static_cast<size_t>(V));
   ds4::SessionOptions so;
   so.profile = ds4::Profile::Plain;
+  so.gates = ds4::GateSet::all_exact();
   so.topk_ties = ds4::TopkTies::TorchCpu;
   so.torch_queue_len = 0;
   const Comparison c = compare(run_batched(model_, tokens_, so), step_, V);
@@ -151,7 +153,7 @@ class TieFinder : public ds4::TapSink {
  public:
   explicit TieFinder(int64_t k) : k_(k) {}
   std::set<int64_t> ties;
-  void tap(int, const char* name, int64_t pos, const float* data, size_t n) override {
+  void tap(int, const char* name, int64_t pos, const float* data, size_t n, const char*) override {
     if (std::strcmp(name, "lid_score") != 0 || static_cast<int64_t>(n) <= k_) return;
     std::vector<float> v(data, data + n);
     std::sort(v.begin(), v.end(), std::greater<float>());
@@ -169,6 +171,7 @@ TEST_F(HfOracle, DefaultTieRuleDiffersOnlyAtTopkTies) {
   const int64_t V = model_->hparams().n_vocab;
   ds4::SessionOptions so;
   so.profile = ds4::Profile::Plain;
+  so.gates = ds4::GateSet::all_exact();
   ds4::Session s(model_, so);
   TieFinder finder(model_->hparams().idx_top_k);
   s.set_tap_sink(&finder);

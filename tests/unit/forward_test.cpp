@@ -20,7 +20,7 @@ class RecordingSink : public ds4::TapSink {
   using Key = std::tuple<int, std::string, int64_t>;
   std::map<Key, std::vector<float>> taps;
   size_t count = 0;
-  void tap(int layer, const char* name, int64_t pos, const float* data, size_t n) override {
+  void tap(int layer, const char* name, int64_t pos, const float* data, size_t n, const char*) override {
     auto& v = taps[{layer, name, pos}];
     EXPECT_TRUE(v.empty()) << "tap written twice: " << layer << " " << name << " " << pos;
     v.assign(data, data + n);
@@ -69,6 +69,7 @@ TEST_P(ForwardTest, BatchedIsBitEqualToDecodes) {
   const auto tokens = test_tokens(200, static_cast<int>(model->hparams().n_vocab));
   ds4::SessionOptions so;
   so.profile = GetParam().profile;
+  so.gates = ds4::GateSet::all_exact();
   so.n_threads = 2;
 
   ds4::Session plain(model, so);
@@ -127,7 +128,9 @@ INSTANTIATE_TEST_SUITE_P(Mixes, ForwardTest,
 TEST(Forward, SnapshotRollbackReplaysExactly) {
   auto model = ds4::Model::load(model_path("ds4"));
   const auto tokens = test_tokens(90, static_cast<int>(model->hparams().n_vocab));
-  ds4::Session s(model, {});
+  ds4::SessionOptions strict;
+  strict.gates = ds4::GateSet::all_exact();
+  ds4::Session s(model, strict);
   s.forward(std::span<const int32_t>(tokens.data(), 70));
   const auto snap = s.snapshot();
   const auto first = s.forward(std::span<const int32_t>(tokens.data() + 70, 20));  // a verifier pass
@@ -139,7 +142,7 @@ TEST(Forward, SnapshotRollbackReplaysExactly) {
   // Rejecting all but 5 drafts: restore and feed the accepted prefix, then decode on.
   s.restore(*snap);
   s.forward(std::span<const int32_t>(tokens.data() + 70, 5));
-  ds4::Session ref(model, {});
+  ds4::Session ref(model, strict);
   ref.forward(std::span<const int32_t>(tokens.data(), 75));
   EXPECT_TRUE(ds4::Session::states_equal(*s.snapshot(), *ref.snapshot()));
 }

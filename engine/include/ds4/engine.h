@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "ds4/gates.h"
 #include "ds4/model.h"
 
 namespace ds4 {
@@ -27,11 +28,17 @@ const char* profile_name(Profile p);
 Profile profile_from_name(const std::string& name);  // throws naming the value
 
 // Receives named intermediate tensors (ds4-model.md §12 names) as they are computed.
-// layer = -1 for tensors outside the trunk layers; pos is the absolute position.
+// layer = -1 for tensors outside the trunk layers (the output head), n_layer for the MTP block;
+// pos is the absolute position; `variant` names the kernel variant that produced the tensor
+// (provenance, e.g. "matvec__ref" or "matmul_q8__gemm_f16"). Capturing never changes which
+// kernel runs: the sink only reads.
 class TapSink {
  public:
   virtual ~TapSink() = default;
-  virtual void tap(int layer, const char* name, int64_t pos, const float* data, size_t n) = 0;
+  virtual void tap(int layer, const char* name, int64_t pos, const float* data, size_t n,
+                   const char* variant) = 0;
+  // Called once per forward() with the positions it covers, before any tap of that call.
+  virtual void begin_forward(int64_t first_pos, int64_t n_rows) {}
 };
 
 struct LayerWeights;
@@ -68,6 +75,7 @@ enum class TopkTies { LowerIndex, TorchCpu };
 
 struct SessionOptions {
   Profile profile = Profile::Ds4;
+  GateSet gates;            // default: every gate fast (the baseline); GateSet::all_exact() = strict
   TopkTies topk_ties = TopkTies::LowerIndex;
   int64_t torch_queue_len = 0;
   int n_threads = 0;        // 0: hardware concurrency
@@ -105,6 +113,8 @@ class Session {
   std::vector<float> mtp_draft(int32_t next_token);
 
   void set_tap_sink(TapSink* sink) { taps_ = sink; }
+  // Changes the gate settings for later calls (in-process ablation; no environment involved).
+  void set_gates(const GateSet& gates);
   const SessionOptions& options() const { return options_; }
   const Model& model() const { return *model_; }
 

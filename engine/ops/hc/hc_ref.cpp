@@ -1,31 +1,22 @@
 #include <cmath>
 
 #include "ops/hc/hc.h"
-#include "ops/norm/rmsnorm.h"
 
 namespace ds4 {
 
 static float sigmoidf(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
-void hc_pre_ref(const float* X, int n_hc, int64_t d, const WeightRef& fn, const float* scale,
-                const float* base, int iters, float eps, float hc_eps, Profile profile,
-                HcMix* mix, float* x, std::vector<float>* mixes) {
-  const int64_t flat = n_hc * d;
-  std::vector<float> z(flat);
-  rmsnorm0_ref(X, z.data(), flat, eps);
-  const int n_mix = (2 + n_hc) * n_hc;
-  std::vector<float> m(n_mix);
-  matvec_ref(fn, z.data(), m.data(), profile, nullptr);
-  if (mixes) *mixes = m;
-  mix->pre.resize(n_hc);
-  mix->post.resize(n_hc);
-  mix->comb.resize(n_hc * n_hc);
+HcMix hc_split_ref(const float* m, int n_hc, const float* scale, const float* base, int iters, float hc_eps) {
+  HcMix mix;
+  mix.pre.resize(n_hc);
+  mix.post.resize(n_hc);
+  mix.comb.resize(n_hc * n_hc);
   for (int i = 0; i < n_hc; ++i) {
-    mix->pre[i] = sigmoidf(m[i] * scale[0] + base[i]) + hc_eps;
-    mix->post[i] = 2.0f * sigmoidf(m[n_hc + i] * scale[1] + base[n_hc + i]);
+    mix.pre[i] = sigmoidf(m[i] * scale[0] + base[i]) + hc_eps;
+    mix.post[i] = 2.0f * sigmoidf(m[n_hc + i] * scale[1] + base[n_hc + i]);
   }
-  float* C = mix->comb.data();
-  const float* mc = m.data() + 2 * n_hc;
+  float* C = mix.comb.data();
+  const float* mc = m + 2 * n_hc;
   const float* bc = base + 2 * n_hc;
   for (int a = 0; a < n_hc; ++a) {  // row softmax over b, then + eps
     float mx = -INFINITY;
@@ -59,15 +50,18 @@ void hc_pre_ref(const float* X, int n_hc, int64_t d, const WeightRef& fn, const 
     normalise_rows();
     normalise_columns();
   }
+  return mix;
+}
+
+void hc_collapse_ref(const float* X, const float* w, int n_hc, int64_t d, float* x) {
   for (int64_t j = 0; j < d; ++j) {
     float acc = 0;
-    for (int i = 0; i < n_hc; ++i) acc += mix->pre[i] * X[i * d + j];
+    for (int i = 0; i < n_hc; ++i) acc += w[i] * X[i * d + j];
     x[j] = acc;
   }
 }
 
-void hc_post_ref(const float* X, const float* y, const HcMix& mix, int n_hc, int64_t d,
-                 float* X_out) {
+void hc_post_ref(const float* X, const float* y, const HcMix& mix, int n_hc, int64_t d, float* X_out) {
   for (int b = 0; b < n_hc; ++b) {
     for (int64_t j = 0; j < d; ++j) {
       float acc = mix.post[b] * y[j];
@@ -77,19 +71,10 @@ void hc_post_ref(const float* X, const float* y, const HcMix& mix, int n_hc, int
   }
 }
 
-void hc_head_ref(const float* X, int n_hc, int64_t d, const WeightRef& fn, float scale,
-                 const float* base, float eps, float hc_eps, Profile profile, float* e) {
-  const int64_t flat = n_hc * d;
-  std::vector<float> z(flat);
-  rmsnorm0_ref(X, z.data(), flat, eps);
-  std::vector<float> m(n_hc), w(n_hc);
-  matvec_ref(fn, z.data(), m.data(), profile, nullptr);
+std::vector<float> hc_head_weights_ref(const float* m, int n_hc, float scale, const float* base, float hc_eps) {
+  std::vector<float> w(n_hc);
   for (int i = 0; i < n_hc; ++i) w[i] = sigmoidf(m[i] * scale + base[i]) + hc_eps;
-  for (int64_t j = 0; j < d; ++j) {
-    float acc = 0;
-    for (int i = 0; i < n_hc; ++i) acc += w[i] * X[i * d + j];
-    e[j] = acc;
-  }
+  return w;
 }
 
 }  // namespace ds4

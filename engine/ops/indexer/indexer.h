@@ -23,3 +23,18 @@ std::vector<int32_t> topk_ascending_ref(const float* scores, int64_t n, int64_t 
 std::vector<int32_t> topk_torch_cpu_ref(const float* scores, int64_t n, int64_t k, int64_t queue_len);
 
 }  // namespace ds4
+
+namespace ds4 {
+// indexer_scores__wmma_f16 (indexer_wmma fast): q and K rounded to F16; each head's dot summed
+// in 16-element chunks (F32 sum of F16 products per chunk, chunks accumulated in order), then
+// relu(dot) * w_h summed over heads, and qk_scale * w_scale applied once at the end.
+void indexer_scores_wmma(const float* q, int n_head, int head_dim, const float* w, const float* K,
+                         int64_t n_rows, float* scores);
+// indexer_scores__scalar (indexer_direct_one fast): per head a 128-lane halving-tree dot,
+// relu(dot) * w_h summed over heads, the combined scale applied once at the end.
+void indexer_scores_scalar(const float* q, int n_head, int head_dim, const float* w, const float* K,
+                           int64_t n_rows, float* scores);
+// topk__score_order: the same selection as topk_ascending_ref, in score order (highest first,
+// ties to the lower index): the order N=1 decode attends the rows in.
+std::vector<int32_t> topk_score_order_ref(const float* scores, int64_t n, int64_t k);
+}  // namespace ds4

@@ -34,3 +34,15 @@ void expert_ffn_ref(const WeightRef& gate, const WeightRef& up, const WeightRef&
                     float* y, std::vector<float>* mid);
 
 }  // namespace ds4
+
+namespace ds4 {
+struct ExecCtx;
+// moe__expert_tiles (moe_tiles fast): the (row, slot) pairs of a batch sorted by expert; per
+// expert, gate/up/down as F32 GEMMs on exactly dequantised weights with F32 activations (no Q8_K
+// quantisation of x or of the mid vector), routing weight applied before down; each row's routed
+// output summed in expert-id order (not slot order). Not bit-equal to expert_ffn_ref per slot.
+// X: n_rows x d inputs; Y: n_rows x d outputs (overwritten).
+void moe_expert_tiles(const WeightRef& gate_exps, const WeightRef& up_exps, const WeightRef& down_exps,
+                      const float* X, int64_t n_rows, int64_t d, const std::vector<Routing>& routing,
+                      float limit, const ExecCtx& ctx, float* Y);
+}  // namespace ds4
