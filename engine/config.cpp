@@ -85,6 +85,7 @@ std::string ds4_cli_usage() {
   std::string u =
       "usage: ds4 [-m model.gguf] [-p prompt] [-n N] [--temp T] [--seed S] [--nothink] [-sys TEXT]\n"
       "           [--backend cpu|cuda] [--profile ds4|plain] [--threads N] [--ctx N] [--raw]\n"
+      "           [--strict] [--gates id=fast|exact,...]\n"
       "Runs DeepSeek V4 Flash (deepseek4 GGUF). Without -m it generates and runs the built-in\n"
       "synthetic tiny model (random weights: the text is gibberish, the numerics are real).\n"
       "  -m PATH        deepseek4 GGUF file\n"
@@ -99,13 +100,38 @@ std::string ds4_cli_usage() {
       "  --threads N    CPU threads (default: all cores)\n"
       "  --ctx N        maximum context (default 4096)\n"
       "  --raw          no chat template: BPE the prompt as is, prefixed with BOS\n"
+      "  --strict       every gate exact: the batched prefill computes what N=1 decode computes\n"
+      "  --gates SPEC   gate settings, e.g. all=fast,q8_gemm=exact (see ds4-parity gates)\n"
       "environment:\n";
   for (const EnvVar& v : known_env_vars()) u += std::string("  ") + v.name + "  " + v.doc + "\n";
   return u;
 }
 
+GateSet resolve_gates(const EnvSettings& env, bool cli_strict, const std::string& cli_gates) {
+  GateSet g = GateSet::all_fast();
+  if (env.strict) g = GateSet::all_exact();
+  if (!env.gates.empty()) {
+    try {
+      g.apply(env.gates);
+    } catch (const Error& e) {
+      fail(std::string("DS4_GATES: ") + e.what());
+    }
+  }
+  if (cli_strict) g = GateSet::all_exact();
+  if (!cli_gates.empty()) {
+    try {
+      g.apply(cli_gates);
+    } catch (const Error& e) {
+      fail(std::string("--gates: ") + e.what());
+    }
+  }
+  return g;
+}
+
 Ds4Cli parse_ds4_cli(int argc, char** argv, const EnvSettings& env) {
   Ds4Cli c;
+  bool strict = false;
+  std::string gates;
   if (!env.profile.empty()) c.profile = profile_from_name(env.profile);
   c.threads = env.threads;
   for (int i = 1; i < argc; ++i) {
@@ -129,8 +155,11 @@ Ds4Cli parse_ds4_cli(int argc, char** argv, const EnvSettings& env) {
     else if (a == "--threads") c.threads = static_cast<int>(parse_int_flag(a, value(), 0, 4096));
     else if (a == "--ctx") c.ctx = parse_int_flag(a, value(), 1, int64_t(1) << 24);
     else if (a == "--raw") c.raw = true;
+    else if (a == "--strict") strict = true;
+    else if (a == "--gates") gates = value();
     else fail("bad flag: unknown option '" + a + "' (see ds4 --help)");
   }
+  c.gates = resolve_gates(env, strict, gates);
   return c;
 }
 

@@ -41,11 +41,13 @@ int run(int argc, char** argv) {
   ds4::SessionOptions so;
   so.profile = cli.profile;
   so.n_threads = cli.threads;
+  so.gates = cli.gates;
   so.max_ctx = std::max<int64_t>(cli.ctx, static_cast<int64_t>(prompt.size()) + cli.n_predict + 1);
   ds4::Session session(model, so);
 
-  std::fprintf(stderr, "model: %s\n%s\nprofile: %s, prompt: %zu tokens\n", path.c_str(),
-               model->hparams().summary().c_str(), ds4::profile_name(cli.profile), prompt.size());
+  std::fprintf(stderr, "model: %s\n%s\nprofile: %s, gates: %s, prompt: %zu tokens\n", path.c_str(),
+               model->hparams().summary().c_str(), ds4::profile_name(cli.profile), cli.gates.to_string().c_str(),
+               prompt.size());
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<float> logits = session.forward(prompt);
   const auto t1 = std::chrono::steady_clock::now();

@@ -114,13 +114,14 @@ void Session::Impl::attention_layer(int il, const LayerWeights& L, LayerState& S
   const int64_t group_in = static_cast<int64_t>(hp.heads_per_group()) * hd, o_lora = hp.o_lora;
   const int64_t u_width = o_lora * hp.o_groups;
   std::vector<float> U(N * u_width), Y(N * d), Og(N * group_in), Ug(N * o_lora);
-  const char* v_outa = "matvec__ref";
+  const char* v_outa = gate_info(Gate::attn_out_a_gemm).exact_variant;
   for (uint32_t g = 0; g < hp.o_groups; ++g) {
     for (int64_t r = 0; r < N; ++r)
       std::memcpy(&Og[r * group_in], &O[r * nh * hd + g * group_in], group_in * sizeof(float));
     const WeightRef A = L.out_a.rows(static_cast<int64_t>(g) * o_lora, o_lora);
     if (c.fast(Gate::attn_out_a_gemm)) {
-      v_outa = linear_gemm(A, Og.data(), N, Ug.data(), c);
+      linear_gemm(A, Og.data(), N, Ug.data(), c);
+      v_outa = gate_info(Gate::attn_out_a_gemm).fast_variant;
     } else {
       for (int64_t r = 0; r < N; ++r) matvec_ref(A, &Og[r * group_in], &Ug[r * o_lora], opt.profile, &pool);
     }
@@ -179,8 +180,11 @@ const char* Session::Impl::attend_row(int il, const LayerWeights& L, LayerState&
   if (L.ratio == 4) {
     // Decode decides dense vs indexed from this row's visible count; the batch-wide dispatch
     // (fast) from the count at the end of the batch.
-    const int64_t deciding = c.fast(Gate::dispatch_batchwide) ? batch_final_rows : n_comp;
+    const bool batchwide = c.fast(Gate::dispatch_batchwide);
+    const int64_t deciding = batchwide ? batch_final_rows : n_comp;
     indexed = deciding > static_cast<int64_t>(hp.idx_top_k);
+    const float flag = indexed ? 1.0f : 0.0f;  // 1 = indexed attention, 0 = dense
+    tap(il, "attn_dispatch", p, &flag, 1, gate_info(Gate::dispatch_batchwide).*(batchwide ? &GateInfo::fast_variant : &GateInfo::exact_variant));
   }
   if (indexed) {
     const int ihd = static_cast<int>(hp.idx_head_dim), nih = static_cast<int>(hp.n_idx_head);

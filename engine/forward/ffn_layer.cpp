@@ -77,6 +77,8 @@ void Session::Impl::ffn_layer(int il, const LayerWeights& L, Rows& R, float clam
       }
     }
     swiglu_clamped_ref(G.data(), Uu.data(), H.data(), N * ff, clamp_sh);
+    const GateInfo& pair = gate_info(Gate::q8_pair);
+    tap_rows(il, "ffn_shexp_swiglu", R, H, ff, c.fast(Gate::q8_pair) ? pair.fast_variant : pair.exact_variant);
     const char* v_down = linear(L.down_sh, H.data(), N, S.data(), c);
     tap_rows(il, "ffn_shexp", R, S, d, v_down);
     for (int64_t i = 0; i < N * d; ++i) Y[i] += S[i];

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ds4/engine.h"
+#include "ds4/gates.h"
 
 namespace ds4 {
 
@@ -42,11 +43,16 @@ struct Ds4Cli {
   int threads = 0;                  // --threads
   int64_t ctx = 4096;               // --ctx
   bool raw = false;                 // --raw: no chat template, BPE the prompt as is
+  GateSet gates;                    // --strict / --gates over DS4_STRICT_BATCHED / DS4_GATES
   bool help = false;
 };
 // Parses argv (throws ds4::Error "bad flag ..." on an unknown flag or a bad value).
 Ds4Cli parse_ds4_cli(int argc, char** argv, const EnvSettings& env);
 std::string ds4_cli_usage();
+
+// Gate settings with CLI > environment > default (all fast): DS4_STRICT_BATCHED, then DS4_GATES,
+// then --strict, then --gates. Throws naming an unknown gate or a bad state.
+GateSet resolve_gates(const EnvSettings& env, bool cli_strict, const std::string& cli_gates);
 
 // Path of the built-in synthetic model (preset tiny, mix ds4, seed 1234) in the cache folder;
 // generated on first use (atomically, so concurrent first runs are safe).
