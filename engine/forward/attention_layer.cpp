@@ -167,7 +167,7 @@ void Session::Impl::compress_row(int il, const LayerWeights& L, LayerState& S, b
 
 // Selection and attention of one row. Returns the attention variant used.
 const char* Session::Impl::attend_row(int il, const LayerWeights& L, LayerState& S, const ExecCtx& c,
-                                      const float* q, const float* qi_in, const float* wi, int64_t p,
+                                      const float* q, const float* qi_in, float* wi, int64_t p,
                                       int64_t batch_final_rows, float* o) {
   const int64_t hd = hp.head_dim;
   const int nh = static_cast<int>(hp.n_head);
@@ -183,7 +183,7 @@ const char* Session::Impl::attend_row(int il, const LayerWeights& L, LayerState&
     const bool batchwide = c.fast(Gate::dispatch_batchwide);
     const int64_t deciding = batchwide ? batch_final_rows : n_comp;
     indexed = deciding > static_cast<int64_t>(hp.idx_top_k);
-    const float flag = indexed ? 1.0f : 0.0f;  // 1 = indexed attention, 0 = dense
+    float flag = indexed ? 1.0f : 0.0f;  // 1 = indexed attention, 0 = dense
     tap(il, "attn_dispatch", p, &flag, 1, gate_info(Gate::dispatch_batchwide).*(batchwide ? &GateInfo::fast_variant : &GateInfo::exact_variant));
   }
   if (indexed) {

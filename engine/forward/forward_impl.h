@@ -49,15 +49,21 @@ struct Session::Impl {
   }
   const RopeParams& rope_for(uint32_t ratio) const { return ratio == 0 ? rope_main : rope_comp; }
 
-  void tap(int layer, const char* name, int64_t pos, const float* data, size_t n, const char* variant) {
+  // A tap point. `data` is the live buffer that feeds the rest of the forward: the fault injector
+  // (a negative control, off by default) perturbs it in place before the sink sees it. With no
+  // sink and no fault this costs one branch.
+  void tap(int layer, const char* name, int64_t pos, float* data, size_t n, const char* variant) {
+    if (!*taps && !opt.fault.enabled) return;
+    if (opt.fault.enabled) inject_fault(layer, name, pos, data, n);
     if (*taps) (*taps)->tap(layer, name, pos, data, n, variant);
   }
   // Taps every row of a row-major [n_rows][width] block.
-  void tap_rows(int layer, const char* name, const Rows& R, const std::vector<float>& m, size_t width,
+  void tap_rows(int layer, const char* name, const Rows& R, std::vector<float>& m, size_t width,
                 const char* variant) {
-    if (!*taps) return;
-    for (int64_t r = 0; r < R.n; ++r) (*taps)->tap(layer, name, R.pos0 + r, &m[r * width], width, variant);
+    if (!*taps && !opt.fault.enabled) return;
+    for (int64_t r = 0; r < R.n; ++r) tap(layer, name, R.pos0 + r, &m[r * width], width, variant);
   }
+  void inject_fault(int layer, const char* name, int64_t pos, float* data, size_t n);
 
   // The shared first step of every sublayer and of the head: Z[r] = RMSNorm0(flat X[r]) and the
   // batched mixer projection M = fn Z. Returns the variant of the projection.
@@ -73,7 +79,7 @@ struct Session::Impl {
   void compress_row(int il, const LayerWeights& L, LayerState& S, bool indexer, const float* a, const float* g,
                     int64_t p);
   const char* attend_row(int il, const LayerWeights& L, LayerState& S, const ExecCtx& c, const float* q,
-                         const float* qi, const float* wi, int64_t p, int64_t batch_final_rows, float* o);
+                         const float* qi, float* wi, int64_t p, int64_t batch_final_rows, float* o);
 };
 
 }  // namespace ds4

@@ -10,6 +10,9 @@
 
 namespace ds4 {
 
+const char* engine_version() { return "0.1.0"; }
+const char* engine_git_sha() { return DS4_GIT_SHA; }
+
 const char* profile_name(Profile p) { return p == Profile::Ds4 ? "ds4" : "plain"; }
 
 Profile profile_from_name(const std::string& name) {

@@ -7,6 +7,8 @@
 // batched forward is bit-equal to N decodes by construction (tests/unit/forward_test.cpp checks
 // logits, every tap and the final state). decode(t) is forward({t}): N = 1 never takes a gate.
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <thread>
 
 #include "ds4/error.h"
@@ -103,6 +105,47 @@ std::vector<float> Session::Impl::mtp_draft(int32_t next_token) {
   output_head(R, M.mtp_hc_fn, M.mtp_hc_scale, M.mtp_hc_base, M.mtp_norm, tap_layer, logits.data());
   st.mtp_pos = R.pos0 + 1;
   return logits;
+}
+
+void Session::Impl::inject_fault(int layer, const char* name, int64_t pos, float* data, size_t n) {
+  const FaultInjection& f = opt.fault;
+  if (layer != f.layer || pos != f.pos || f.tap != name) return;
+  if (f.element < 0 || static_cast<size_t>(f.element) >= n)
+    fail("fault injection: element " + std::to_string(f.element) + " out of range for tap '" + f.tap + "' (" +
+         std::to_string(n) + " elements)");
+  data[f.element] = std::nextafter(data[f.element], INFINITY);
+}
+
+FaultInjection FaultInjection::parse(const std::string& spec) {
+  FaultInjection f;
+  std::vector<std::string> parts;
+  size_t start = 0;
+  for (;;) {
+    const size_t c = spec.find(':', start);
+    parts.push_back(spec.substr(start, c == std::string::npos ? std::string::npos : c - start));
+    if (c == std::string::npos) break;
+    start = c + 1;
+  }
+  if (parts.size() < 3 || parts.size() > 4 || parts[1].empty())
+    fail("bad fault spec '" + spec + "': expected layer:tap:pos[:element]");
+  auto num = [&](const std::string& v, const char* what) {
+    char* end = nullptr;
+    const long long x = std::strtoll(v.c_str(), &end, 10);
+    if (v.empty() || *end) fail("bad fault spec '" + spec + "': " + what + " '" + v + "' is not an integer");
+    return static_cast<int64_t>(x);
+  };
+  f.enabled = true;
+  f.layer = static_cast<int>(num(parts[0], "layer"));
+  f.tap = parts[1];
+  f.pos = num(parts[2], "position");
+  f.element = parts.size() == 4 ? num(parts[3], "element") : 0;
+  if (f.pos < 0 || f.element < 0) fail("bad fault spec '" + spec + "': negative position or element");
+  return f;
+}
+
+std::string FaultInjection::to_string() const {
+  if (!enabled) return "off";
+  return std::to_string(layer) + ":" + tap + ":" + std::to_string(pos) + ":" + std::to_string(element);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -39,7 +39,13 @@ class TapSink {
                    const char* variant) = 0;
   // Called once per forward() with the positions it covers, before any tap of that call.
   virtual void begin_forward(int64_t first_pos, int64_t n_rows) {}
+  // A verifier restored a snapshot: rows at positions >= pos will be produced again.
+  virtual void rollback(int64_t pos) {}
 };
+
+// Build identity for run manifests.
+const char* engine_version();
+const char* engine_git_sha();
 
 struct LayerWeights;
 struct ModelWeights;
@@ -73,6 +79,20 @@ class Model {
 //                of the whole prompt it is HF's prefill path (see ops/indexer/indexer.h).
 enum class TopkTies { LowerIndex, TorchCpu };
 
+// Negative control: adds one ULP (nextafter toward +inf) to element `element` of the tensor
+// tapped as (layer, tap) at position `pos`, in place, so the change propagates through the rest of
+// the forward exactly as a one-ULP kernel difference would. Off by default.
+struct FaultInjection {
+  bool enabled = false;
+  int layer = 0;
+  std::string tap;
+  int64_t pos = 0;
+  int64_t element = 0;
+  // Parses "layer:tap:pos[:element]", e.g. "2:attn_out:17:5"; throws naming the bad field.
+  static FaultInjection parse(const std::string& spec);
+  std::string to_string() const;
+};
+
 struct SessionOptions {
   Profile profile = Profile::Ds4;
   GateSet gates;            // default: every gate fast (the baseline); GateSet::all_exact() = strict
@@ -80,6 +100,7 @@ struct SessionOptions {
   int64_t torch_queue_len = 0;
   int n_threads = 0;        // 0: hardware concurrency
   int64_t max_ctx = 4096;   // positions the session may hold (compressed caches are sized by it)
+  FaultInjection fault;     // off by default
 };
 
 struct SessionState;  // KV, compressor and indexer state of every layer, plus the position

@@ -1,0 +1,87 @@
+// `ds4-parity run`: one run (plain / batched / verify) with its taps dumped to HDF5.
+#include <cstdio>
+#include <filesystem>
+
+#include "commands.h"
+#include "ds4/cli_args.h"
+#include "ds4/config.h"
+#include "ds4/drivers.h"
+#include "ds4/error.h"
+
+namespace ds4 {
+
+int cmd_run(const std::vector<std::string>& args) {
+  std::string model_path, prompt = "Hello", system = "You are a helpful assistant", token_file, mode = "plain",
+                          profile = "ds4", gates, fault, taps = "full", tap_layers, tap_names, positions, out,
+                          drafts = "given";
+  int64_t width = 0, prefix = 0, generate = 0, threads = 0;
+  bool nothink = false, strict = false;
+  ArgParser p("run");
+  p.option("-m", &model_path, "model GGUF (default: the built-in tiny model)")
+      .option("--prompt", &prompt, "user prompt, rendered with the chat template")
+      .option("--system", &system, "system text for the chat template")
+      .flag("--nothink", &nothink, "open the assistant turn with </think>")
+      .option("--tokens", &token_file, "token file (.i32 binary or text) instead of a prompt")
+      .option("--generate", &generate, "teacher forcing: append N greedy tokens of an exact plain run", 0, 1 << 20)
+      .option("--mode", &mode, "plain | batched | verify")
+      .option("--width", &width, "batched: tokens per forward (0 = all); verify: rows per pass", 0, 1 << 20)
+      .option("--prefix", &prefix, "verify: tokens decoded with N=1 first", 0, 1 << 24)
+      .option("--drafts", &drafts, "verify: given (teacher forcing) or mtp")
+      .option("--profile", &profile, "numerics profile: ds4 or plain")
+      .option("--gates", &gates, "gate settings, e.g. all=fast,q8_gemm=exact")
+      .flag("--strict", &strict, "every gate exact")
+      .option("--fault", &fault, "negative control: one ULP at layer:tap:pos[:element]")
+      .option("--taps", &taps, "tap level: off | stats | full")
+      .option("--tap-layers", &tap_layers, "only these layers, e.g. 0,2-3 (-1 = head)")
+      .option("--tap-names", &tap_names, "only these taps, comma separated")
+      .option("--positions", &positions, "only these positions, e.g. 10-20")
+      .option("--threads", &threads, "CPU threads (0 = all)", 0, 4096)
+      .option("-o", &out, "output dump (.h5); written atomically");
+  if (!p.parse(args)) {
+    std::fputs(p.usage().c_str(), stdout);
+    return 0;
+  }
+  const EnvSettings env = read_environment();
+  if (out.empty()) fail("bad flag: -o OUT.h5 is required");
+  RunSpec spec;
+  spec.mode = run_mode_from_name(mode);
+  spec.profile = profile_from_name(profile);
+  spec.gates = resolve_gates(env, strict, gates);
+  if (!fault.empty()) spec.fault = FaultInjection::parse(fault);
+  spec.threads = static_cast<int>(threads ? threads : env.threads);
+  spec.width = width;
+  spec.prefix = prefix;
+  spec.drafts = drafts;
+  const TapLevel level = tap_level_from_name(taps);
+  const TapFilter filter = TapFilter::parse(tap_layers, tap_names, positions);
+
+  const std::string path = model_path.empty() ? builtin_model_path(env) : model_path;
+  std::shared_ptr<const Model> model = Model::load(path);
+  std::vector<int32_t> tokens = token_file.empty() ? tokens_from_prompt(*model, system, prompt, !nothink)
+                                                   : read_token_file(token_file, model->hparams().n_vocab);
+  if (spec.mode == RunMode::Verify && drafts == "mtp") {
+    spec.generate = generate;  // mtp drafts generate after the tokens
+    if (spec.prefix == 0) spec.prefix = static_cast<int64_t>(tokens.size());
+  } else {
+    tokens = teacher_forced_tokens(model, spec.profile, tokens, generate);
+  }
+  if (spec.mode == RunMode::Verify && spec.prefix == 0) spec.prefix = 1;
+  spec.tokens = tokens;
+
+  std::string cmdline = "ds4-parity run";
+  for (const std::string& a : args) cmdline += " " + a;
+  DumpWriter writer(out, make_manifest(*model, spec, cmdline), level, filter);
+  const RunResult r = run_model(model, spec, level == TapLevel::Off ? nullptr : &writer);
+  writer.finish();
+  const auto bytes = std::filesystem::file_size(out);
+  std::printf("%s: %s run of %zu tokens (%lld forwards, %.3f s, %s, gates %s) -> %s (%.1f KiB, %zu rows)\n",
+              path.c_str(), run_mode_name(spec.mode), r.tokens.size(), static_cast<long long>(r.forwards), r.seconds,
+              profile_name(spec.profile), spec.mode == RunMode::Plain ? "n/a" : spec.gates.to_string().c_str(),
+              out.c_str(), bytes / 1024.0, writer.rows());
+  if (spec.drafts == "mtp")
+    std::printf("drafts: %lld accepted, %lld rejected\n", static_cast<long long>(r.drafts_accepted),
+                static_cast<long long>(r.drafts_rejected));
+  return 0;
+}
+
+}  // namespace ds4

@@ -1,0 +1,51 @@
+// ds4-parity: the numerical-equivalence harness and differential debugger.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "commands.h"
+#include "ds4/error.h"
+
+namespace {
+
+struct Subcommand {
+  const char* name;
+  const char* summary;
+  int (*fn)(const std::vector<std::string>&);
+};
+
+const Subcommand kCommands[] = {
+    {"gates", "list the gates (gates.def): id, family, backends, fast and exact variants", ds4::cmd_gates},
+    {"run", "run a model plain / batched / verify and dump taps to HDF5", ds4::cmd_run},
+};
+
+void usage(FILE* out) {
+  std::fprintf(out, "usage: ds4-parity <command> [options]   (ds4-parity <command> --help)\ncommands:\n");
+  for (const Subcommand& c : kCommands) std::fprintf(out, "  %-8s %s\n", c.name, c.summary);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+    usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string name = argv[1];
+  std::vector<std::string> args(argv + 2, argv + argc);
+  for (const Subcommand& c : kCommands) {
+    if (name != c.name) continue;
+    try {
+      return c.fn(args);
+    } catch (const ds4::Error& e) {
+      std::fprintf(stderr, "ds4-parity %s: %s\n", c.name, e.what());
+      return 2;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "ds4-parity %s: internal error: %s\n", c.name, e.what());
+      return 3;
+    }
+  }
+  std::fprintf(stderr, "ds4-parity: unknown command '%s'\n", name.c_str());
+  usage(stderr);
+  return 2;
+}

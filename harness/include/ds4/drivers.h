@@ -1,0 +1,57 @@
+// Run drivers (ARCHITECTURE.md §6): the same token sequence through plain N=1 decode, batched
+// forwards of width W, or a speculative verifier (N=1 prefix, then batched verify passes with
+// rollback of rejected rows), with every tap going to a sink (usually a DumpWriter).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ds4/dump.h"
+#include "ds4/engine.h"
+
+namespace ds4 {
+
+enum class RunMode { Plain, Batched, Verify };
+const char* run_mode_name(RunMode m);
+RunMode run_mode_from_name(const std::string& s);  // throws naming the value
+
+struct RunSpec {
+  Profile profile = Profile::Ds4;
+  GateSet gates;                 // batched and verify passes use these; plain decode takes no gate
+  FaultInjection fault;
+  int threads = 0;
+  RunMode mode = RunMode::Plain;
+  int64_t width = 0;             // batched: tokens per forward (0 = all); verify: rows per pass (default 4)
+  int64_t prefix = 0;            // verify: tokens decoded with N=1 before the first verify pass
+  std::string drafts = "given";  // verify: "given" (teacher forcing, every pass fully accepted) or "mtp"
+  int64_t generate = 0;          // verify with mtp drafts: tokens to generate after the tokens
+  std::vector<int32_t> tokens;
+};
+
+struct RunResult {
+  std::vector<int32_t> tokens;   // the sequence consumed (given drafts: the input tokens)
+  std::vector<float> logits;     // tokens.size() x n_vocab, row t = logits after token t
+  int64_t n_vocab = 0;
+  int64_t forwards = 0;          // forward()/decode() calls
+  int64_t drafts_accepted = 0, drafts_rejected = 0;
+  double seconds = 0;
+};
+
+// Runs `spec` on `model`; taps go to `sink` (may be null).
+RunResult run_model(const std::shared_ptr<const Model>& model, const RunSpec& spec, TapSink* sink);
+
+// Token sources.
+std::vector<int32_t> tokens_from_prompt(const Model& model, const std::string& system, const std::string& user,
+                                        bool think);
+// A token file: raw little-endian int32 (".i32") or text (integers separated by spaces, commas
+// or newlines). Throws "<path>: ..." naming the bad token or line.
+std::vector<int32_t> read_token_file(const std::string& path, int64_t n_vocab);
+// prompt + n greedy tokens from an exact plain decode (teacher forcing: positions stay aligned
+// across runs even where a candidate's argmax would flip).
+std::vector<int32_t> teacher_forced_tokens(const std::shared_ptr<const Model>& model, Profile profile,
+                                           const std::vector<int32_t>& prompt, int64_t n);
+
+// The manifest of a run of `spec` on `model` (model hash, gates, profile, mode, width, tokens).
+RunManifest make_manifest(const Model& model, const RunSpec& spec, const std::string& command_line);
+
+}  // namespace ds4
