@@ -1,0 +1,100 @@
+// Run drivers: plain, batched and verify give bit-equal logits with every gate exact; speculative
+// decoding with MTP drafts and rollback reproduces greedy decode exactly; token files.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "ds4/drivers.h"
+#include "ds4/error.h"
+#include "../support/tiny_models.h"
+
+namespace {
+
+using ds4::RunMode;
+
+std::shared_ptr<const ds4::Model> tiny(bool mtp = false) {
+  return ds4::Model::load(ds4::testing::tiny_model_path("ds4", mtp));
+}
+
+bool same_bytes(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+TEST(Drivers, StrictBatchedAndVerifyEqualPlain) {
+  auto model = tiny();
+  ds4::RunSpec spec;
+  spec.tokens = ds4::testing::pseudo_tokens(150, static_cast<int>(model->hparams().n_vocab));
+  spec.gates = ds4::GateSet::all_exact();
+  spec.mode = RunMode::Plain;
+  const auto plain = ds4::run_model(model, spec, nullptr);
+  EXPECT_EQ(plain.forwards, 150);
+  for (int64_t w : {0, 7}) {
+    spec.mode = RunMode::Batched;
+    spec.width = w;
+    EXPECT_TRUE(same_bytes(ds4::run_model(model, spec, nullptr).logits, plain.logits)) << "width " << w;
+  }
+  spec.mode = RunMode::Verify;
+  spec.width = 4;
+  spec.prefix = 10;
+  const auto verify = ds4::run_model(model, spec, nullptr);
+  EXPECT_EQ(verify.forwards, 10 + 35);
+  EXPECT_TRUE(same_bytes(verify.logits, plain.logits));
+  // All fast: the batched logits differ (the divergence the harness exists to find).
+  spec.mode = RunMode::Batched;
+  spec.width = 0;
+  spec.gates = ds4::GateSet::all_fast();
+  EXPECT_FALSE(same_bytes(ds4::run_model(model, spec, nullptr).logits, plain.logits));
+}
+
+TEST(Drivers, SpeculativeMtpVerifyReproducesGreedyDecode) {
+  auto model = tiny(true);
+  const auto prompt = ds4::testing::pseudo_tokens(20, static_cast<int>(model->hparams().n_vocab), 7);
+  const auto greedy = ds4::teacher_forced_tokens(model, ds4::Profile::Ds4, prompt, 24);
+  ASSERT_EQ(greedy.size(), 44u);
+  ds4::RunSpec spec;
+  spec.mode = RunMode::Verify;
+  spec.drafts = "mtp";
+  spec.width = 4;
+  spec.prefix = 20;
+  spec.generate = 24;
+  spec.tokens = prompt;
+  spec.gates = ds4::GateSet::all_exact();
+  const auto r = ds4::run_model(model, spec, nullptr);
+  EXPECT_EQ(r.tokens, greedy) << "strict speculative decoding must emit exactly the greedy tokens";
+  EXPECT_GT(r.drafts_rejected, 0) << "a random MTP head should be rejected sometimes";
+  // Its logits equal plain decode's on the same tokens.
+  ds4::RunSpec plain;
+  plain.tokens = greedy;
+  const auto p = ds4::run_model(model, plain, nullptr);
+  ASSERT_EQ(r.logits.size(), p.logits.size());
+  EXPECT_TRUE(same_bytes(r.logits, p.logits));
+}
+
+TEST(Drivers, TokenFilesAndErrors) {
+  const std::string dir = std::string(DS4_BINARY_DIR) + "/test-tmp";
+  std::filesystem::create_directories(dir);
+  {
+    std::ofstream(dir + "/t.txt") << "1, 2 3\n4\n";
+  }
+  EXPECT_EQ(ds4::read_token_file(dir + "/t.txt", 512), (std::vector<int32_t>{1, 2, 3, 4}));
+  {
+    std::ofstream(dir + "/bad.txt") << "1 two 3";
+    std::ofstream(dir + "/range.txt") << "1 999";
+    std::ofstream(dir + "/empty.txt") << "  ";
+    std::ofstream(dir + "/odd.i32", std::ios::binary) << "abc";
+  }
+  for (const char* f : {"/bad.txt", "/range.txt", "/empty.txt", "/odd.i32", "/missing.txt"})
+    EXPECT_THROW(ds4::read_token_file(dir + f, 512), ds4::Error) << f;
+  EXPECT_THROW(ds4::run_mode_from_name("sideways"), ds4::Error);
+  auto model = tiny();
+  ds4::RunSpec spec;
+  EXPECT_THROW(ds4::run_model(model, spec, nullptr), ds4::Error);  // no tokens
+  spec.tokens = {1, 2, 3};
+  spec.mode = RunMode::Verify;
+  spec.drafts = "mtp";
+  EXPECT_THROW(ds4::run_model(model, spec, nullptr), ds4::Error);  // no MTP block
+}
+
+}  // namespace
