@@ -34,6 +34,7 @@ void Session::Impl::ffn_layer(int il, const LayerWeights& L, Rows& R, float clam
   std::vector<Routing> routing(N);
   for (int64_t r = 0; r < N; ++r) {
     router_probs_ref(&logits[r * n_exp], n_exp, &probs[r * n_exp]);
+    tap(il, "ffn_moe_probs", R.pos0 + r, &probs[r * n_exp], n_exp, "router__ref");
     const int32_t* hash_ids = L.hash ? &L.tid2eid[static_cast<size_t>(R.tokens[r]) * n_used] : nullptr;
     routing[r] = route_ref(&probs[r * n_exp], L.router_bias.empty() ? nullptr : L.router_bias.data(), n_exp, n_used,
                            hash_ids, hp.expert_norm, hp.expert_scale);
@@ -43,7 +44,6 @@ void Session::Impl::ffn_layer(int il, const LayerWeights& L, Rows& R, float clam
       tap(il, "ffn_moe_weights_scaled", R.pos0 + r, routing[r].weights.data(), routing[r].weights.size(), "router__ref");
     }
   }
-  tap_rows(il, "ffn_moe_probs", R, probs, n_exp, "router__ref");
 
   // Routed experts.
   std::vector<float> Y(N * d, 0.0f), ye(d);
