@@ -33,6 +33,16 @@ Gate gate_from_name(const std::string& name) {
   fail("unknown gate '" + name + "' (known: all, " + known + ")");
 }
 
+std::string gates_markdown_table() {
+  std::string t =
+      "| gate | family | backends | fast variant | exact variant | deterministic | ds4 | what it changes |\n"
+      "|---|---|---|---|---|---|---|---|\n";
+  for (const GateInfo& g : all_gates())
+    t += std::string("| `") + g.id + "` | " + g.family + " | " + g.backends + " | `" + g.fast_variant + "` | `" +
+         g.exact_variant + "` | " + (g.deterministic ? "yes" : "**no**") + " | " + g.ds4_ref + " | " + g.doc + " |\n";
+  return t;
+}
+
 GateSet GateSet::all_exact() {
   GateSet g;
   g.states_.fill(GateState::Exact);

@@ -16,11 +16,7 @@ int cmd_gates(const std::vector<std::string>& args) {
     return 0;
   }
   if (markdown) {
-    std::printf("| gate | family | backends | fast variant | exact variant | deterministic | ds4 | what it changes |\n");
-    std::printf("|---|---|---|---|---|---|---|---|\n");
-    for (const GateInfo& g : all_gates())
-      std::printf("| `%s` | %s | %s | `%s` | `%s` | %s | %s | %s |\n", g.id, g.family, g.backends, g.fast_variant,
-                  g.exact_variant, g.deterministic ? "yes" : "**no**", g.ds4_ref, g.doc);
+    std::fputs(gates_markdown_table().c_str(), stdout);
     return 0;
   }
   std::printf("%-20s %-10s %-9s %-32s %-28s %s\n", "gate", "family", "backends", "fast variant", "exact variant", "det");

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <set>
 #include <tuple>
@@ -84,6 +85,17 @@ const std::map<std::string, GateCase>& conformance_cases() {
       {"moe_atomic_down", {"ds4", ds4::Profile::Ds4}},  {"dispatch_batchwide", {"ds4", ds4::Profile::Ds4}},
   };
   return cases;
+}
+
+TEST(Gates, ReadmeTableIsGenerated) {
+  std::ifstream f(std::string(DS4_SOURCE_DIR) + "/README.md");
+  const std::string readme((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const std::string begin = "<!-- gates-table:begin -->\n", end = "<!-- gates-table:end -->";
+  const size_t a = readme.find(begin), b = readme.find(end);
+  ASSERT_NE(a, std::string::npos);
+  ASSERT_NE(b, std::string::npos);
+  EXPECT_EQ(readme.substr(a + begin.size(), b - a - begin.size()), ds4::gates_markdown_table())
+      << "regenerate with: build/harness/ds4-parity gates --markdown";
 }
 
 TEST(Gates, EveryGateHasAConformanceCase) {

@@ -39,6 +39,9 @@ const char* gate_name(Gate g);
 // Throws ds4::Error "unknown gate 'x' (known: ...)".
 Gate gate_from_name(const std::string& name);
 
+// The README's gate table (Markdown), generated from gates.def.
+std::string gates_markdown_table();
+
 enum class GateState : uint8_t { Fast, Exact };
 
 class GateSet {
