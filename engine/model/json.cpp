@@ -315,6 +315,8 @@ void dump_value(const Json& v, std::string& out) {
 
 }  // namespace
 
+Json::Json() = default;
+
 Json Json::parse(std::string_view text, const std::string& what) {
   Parser p{text, what};
   Json v = p.value();

@@ -29,6 +29,11 @@ struct Json {
   std::vector<Json> array;
   Members members;
 
+  // Declared here and defaulted in json.cpp: clang with libstdc++ 12 in C++20 mode otherwise
+  // instantiates the implicit constructor (and through it vector<pair<string, Json>>) while
+  // Json is still incomplete, and rejects the header (std::pair's explicit(...) check).
+  Json();
+
   static Json parse(std::string_view text, const std::string& what);
 
   static const char* kind_name(Kind kind);  // "null", "bool", "number", ...
