@@ -44,7 +44,18 @@ EnvSettings read_environment() {
     for (const EnvVar& v : known_env_vars()) known |= (name == v.name);
     if (!known) fail("unknown environment variable " + name + " (see `ds4 --help` for the DS4_* list)");
   }
-  if (const char* v = std::getenv("DS4_PROFILE")) s.profile = v;
+  if (const char* v = std::getenv("DS4_PROFILE")) {
+    s.profile = v;
+    // hardening: validate here (the one place the environment is read) so every tool refuses a
+    // bad DS4_PROFILE with the variable's name, not only `ds4`, and not as a bare profile error.
+    if (*v) {
+      try {
+        profile_from_name(s.profile);
+      } catch (const Error& e) {
+        fail(std::string("DS4_PROFILE: ") + e.what());
+      }
+    }
+  }
   if (const char* v = std::getenv("DS4_THREADS"); v && *v)
     s.threads = static_cast<int>(parse_int_flag("DS4_THREADS", v, 0, 4096));
   if (const char* v = std::getenv("DS4_STRICT_BATCHED")) s.strict |= parse_bool01("DS4_STRICT_BATCHED", v);
@@ -151,7 +162,14 @@ Ds4Cli parse_ds4_cli(int argc, char** argv, const EnvSettings& env) {
     else if (a == "--backend") {
       c.backend = value();
       if (c.backend != "cpu" && c.backend != "cuda") fail("bad value '" + c.backend + "' for --backend (cpu or cuda)");
-    } else if (a == "--profile") c.profile = profile_from_name(value());
+    } else if (a == "--profile") {
+      const std::string v = value();
+      try {
+        c.profile = profile_from_name(v);
+      } catch (const Error& e) {
+        fail("--profile: " + std::string(e.what()));  // hardening: name the flag
+      }
+    }
     else if (a == "--threads") c.threads = static_cast<int>(parse_int_flag(a, value(), 0, 4096));
     else if (a == "--ctx") c.ctx = parse_int_flag(a, value(), 1, int64_t(1) << 24);
     else if (a == "--raw") c.raw = true;

@@ -7,6 +7,8 @@
 // batched forward is bit-equal to N decodes by construction (tests/unit/forward_test.cpp checks
 // logits, every tap and the final state). decode(t) is forward({t}): N = 1 never takes a gate.
 #include <algorithm>
+#include <cerrno>
+#include <climits>
 #include <cmath>
 #include <cstdlib>
 #include <thread>
@@ -130,12 +132,18 @@ FaultInjection FaultInjection::parse(const std::string& spec) {
     fail("bad fault spec '" + spec + "': expected layer:tap:pos[:element]");
   auto num = [&](const std::string& v, const char* what) {
     char* end = nullptr;
+    errno = 0;  // hardening: strtoll saturates on overflow; refuse it instead of clamping
     const long long x = std::strtoll(v.c_str(), &end, 10);
-    if (v.empty() || *end) fail("bad fault spec '" + spec + "': " + what + " '" + v + "' is not an integer");
+    if (v.empty() || *end || errno == ERANGE)
+      fail("bad fault spec '" + spec + "': " + what + " '" + v + "' is not an integer");
     return static_cast<int64_t>(x);
   };
   f.enabled = true;
-  f.layer = static_cast<int>(num(parts[0], "layer"));
+  // hardening: a layer outside int range used to wrap silently (4294967296 became layer 0).
+  const int64_t layer = num(parts[0], "layer");
+  if (layer < INT_MIN || layer > INT_MAX)
+    fail("bad fault spec '" + spec + "': layer '" + parts[0] + "' is out of range");
+  f.layer = static_cast<int>(layer);
   f.tap = parts[1];
   f.pos = num(parts[2], "position");
   f.element = parts.size() == 4 ? num(parts[3], "element") : 0;

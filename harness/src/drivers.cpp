@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -143,6 +144,11 @@ std::vector<int32_t> tokens_from_prompt(const Model& model, const std::string& s
 }
 
 std::vector<int32_t> read_token_file(const std::string& path, int64_t n_vocab) {
+  // hardening: a directory opens as an ifstream on Linux; reading it then threw a non-ds4
+  // exception (exit 3, "internal error") or reported a nonsense size for ".i32".
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec))
+    fail(path + ": token file is not a regular file");
   std::ifstream f(path, std::ios::binary);
   if (!f) fail(path + ": cannot open token file");
   std::vector<int32_t> out;
