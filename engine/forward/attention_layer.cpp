@@ -26,6 +26,26 @@ const char* Session::Impl::hc_mixes(const WeightRef& fn, const Rows& R, std::vec
   return linear(fn, Z.data(), R.n, M->data(), ctx(R.n));
 }
 
+std::vector<HcMix> Session::Impl::hc_pre(int il, const char* which, const WeightRef& fn, const Vec& scale,
+                                         const Vec& base, const Vec& norm, const Rows& R, std::vector<float>* XN) {
+  const int64_t N = R.n, d = hp.n_embd, hcd = static_cast<int64_t>(hp.n_hc) * d;
+  const std::string w = which;
+  std::vector<float> M;
+  const char* v_mix = hc_mixes(fn, R, &M);
+  tap_rows(il, ("hc_" + w + "_mixes").c_str(), R, M, fn.out, v_mix);
+  std::vector<HcMix> mix(N);
+  XN->assign(N * d, 0.0f);
+  std::vector<float> x(d);
+  for (int64_t r = 0; r < N; ++r) {
+    mix[r] = hc_split_ref(&M[r * fn.out], hp.n_hc, scale.data(), base.data(), hp.sinkhorn_iters, hp.hc_eps);
+    hc_collapse_ref(&R.X[r * hcd], mix[r].pre.data(), hp.n_hc, d, x.data());
+    tap(il, ("hc_" + w + "_pre").c_str(), R.pos0 + r, x.data(), d, "hc_split__ref");
+    rmsnorm_ref(x.data(), norm.data(), &(*XN)[r * d], d, hp.eps);
+  }
+  tap_rows(il, (w == "attn" ? "attn_norm" : "ffn_norm"), R, *XN, d, "rmsnorm__ref");
+  return mix;
+}
+
 void Session::Impl::attention_layer(int il, const LayerWeights& L, LayerState& S, Rows& R) {
   const int64_t N = R.n, d = hp.n_embd, hd = hp.head_dim, hcd = static_cast<int64_t>(hp.n_hc) * d;
   const int nh = static_cast<int>(hp.n_head), n_rot = static_cast<int>(hp.n_rot);
@@ -33,19 +53,8 @@ void Session::Impl::attention_layer(int il, const LayerWeights& L, LayerState& S
   const ExecCtx c = ctx(N);
 
   // HC pre + attn_norm.
-  std::vector<float> M, XN(N * d);
-  const char* v_mix = hc_mixes(L.hc_attn_fn, R, &M);
-  tap_rows(il, "hc_attn_mixes", R, M, L.hc_attn_fn.out, v_mix);
-  std::vector<HcMix> mix(N);
-  for (int64_t r = 0; r < N; ++r) {
-    mix[r] = hc_split_ref(&M[r * L.hc_attn_fn.out], hp.n_hc, L.hc_attn_scale.data(), L.hc_attn_base.data(),
-                          hp.sinkhorn_iters, hp.hc_eps);
-    std::vector<float> x(d);
-    hc_collapse_ref(&R.X[r * hcd], mix[r].pre.data(), hp.n_hc, d, x.data());
-    tap(il, "hc_attn_pre", R.pos0 + r, x.data(), d, "hc_split__ref");
-    rmsnorm_ref(x.data(), L.attn_norm.data(), &XN[r * d], d, hp.eps);
-  }
-  tap_rows(il, "attn_norm", R, XN, d, "rmsnorm__ref");
+  std::vector<float> XN;
+  const std::vector<HcMix> mix = hc_pre(il, "attn", L.hc_attn_fn, L.hc_attn_scale, L.hc_attn_base, L.attn_norm, R, &XN);
 
   // Q path: qr = RMSNorm(W_q_a xn); q_h = RoPE(RMSNorm0((W_q_b qr)_h)).
   std::vector<float> QR(N * hp.q_lora), Q(N * nh * hd), KV(N * hd);

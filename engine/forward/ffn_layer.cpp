@@ -12,19 +12,8 @@ namespace ds4 {
 void Session::Impl::ffn_layer(int il, const LayerWeights& L, Rows& R, float clamp_exp, float clamp_sh) {
   const int64_t N = R.n, d = hp.n_embd, hcd = static_cast<int64_t>(hp.n_hc) * d;
   const ExecCtx c = ctx(N);
-  std::vector<float> M, XN(N * d);
-  const char* v_mix = hc_mixes(L.hc_ffn_fn, R, &M);
-  tap_rows(il, "hc_ffn_mixes", R, M, L.hc_ffn_fn.out, v_mix);
-  std::vector<HcMix> mix(N);
-  for (int64_t r = 0; r < N; ++r) {
-    mix[r] = hc_split_ref(&M[r * L.hc_ffn_fn.out], hp.n_hc, L.hc_ffn_scale.data(), L.hc_ffn_base.data(),
-                          hp.sinkhorn_iters, hp.hc_eps);
-    std::vector<float> x(d);
-    hc_collapse_ref(&R.X[r * hcd], mix[r].pre.data(), hp.n_hc, d, x.data());
-    tap(il, "hc_ffn_pre", R.pos0 + r, x.data(), d, "hc_split__ref");
-    rmsnorm_ref(x.data(), L.ffn_norm.data(), &XN[r * d], d, hp.eps);
-  }
-  tap_rows(il, "ffn_norm", R, XN, d, "rmsnorm__ref");
+  std::vector<float> XN;
+  const std::vector<HcMix> mix = hc_pre(il, "ffn", L.hc_ffn_fn, L.hc_ffn_scale, L.hc_ffn_base, L.ffn_norm, R, &XN);
 
   // Router.
   const int n_exp = static_cast<int>(hp.n_expert), n_used = static_cast<int>(hp.n_expert_used);

@@ -69,6 +69,11 @@ struct Session::Impl {
   // batched mixer projection M = fn Z. Returns the variant of the projection.
   const char* hc_mixes(const WeightRef& fn, const Rows& R, std::vector<float>* M);
 
+  // HC pre of a sublayer ("attn" or "ffn") for every row: mixes, split + Sinkhorn, collapse, and
+  // the sublayer's RMSNorm into XN (n_rows x d). Returns each row's mix for the HC post.
+  std::vector<HcMix> hc_pre(int il, const char* which, const WeightRef& fn, const Vec& scale, const Vec& base,
+                            const Vec& norm, const Rows& R, std::vector<float>* XN);
+
   // Sublayers (attention_layer.cpp, ffn_layer.cpp) and the output head.
   void attention_layer(int il, const LayerWeights& L, LayerState& S, Rows& R);
   void ffn_layer(int il, const LayerWeights& L, Rows& R, float clamp_exp, float clamp_sh);

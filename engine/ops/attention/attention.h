@@ -4,8 +4,12 @@
 // den = exp(sink - M) + sum_j e_j (j ascending); o = sum_j (e_j / den) * k_j (j ascending).
 // Values are the rows themselves (K = V, one shared KV head).
 #pragma once
+#include <vector>
 
 namespace ds4 {
+// The materialised-score tail shared by the serial and lane-8 variants: given scores s_j (already
+// scaled), M = max(sink, s), e_j = exp(s_j - M), den = exp(sink - M) + sum e_j, out = sum (e_j/den) k_j.
+void sink_softmax_accumulate(std::vector<float>& s, const float* const* rows, int head_dim, float sink, float* out);
 void attention_head_ref(const float* q, const float* const* rows, int n_rows, int head_dim,
                         float scale, float sink, float* out);
 }  // namespace ds4

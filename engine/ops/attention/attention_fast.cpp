@@ -19,21 +19,8 @@ static float lane_dot(const float* a, const float* b, int n, int lanes) {
 void attention_head_lane8(const float* q, const float* const* rows, int n_rows, int head_dim,
                           float scale, float sink, float* out) {
   std::vector<float> s(n_rows);
-  float m = sink;
-  for (int j = 0; j < n_rows; ++j) {
-    s[j] = lane_dot(rows[j], q, head_dim, 8) * scale;
-    m = std::fmax(m, s[j]);
-  }
-  float den = std::exp(sink - m);
-  for (int j = 0; j < n_rows; ++j) {
-    s[j] = std::exp(s[j] - m);
-    den += s[j];
-  }
-  for (int i = 0; i < head_dim; ++i) out[i] = 0.0f;
-  for (int j = 0; j < n_rows; ++j) {
-    const float p = s[j] / den;
-    for (int i = 0; i < head_dim; ++i) out[i] += p * rows[j][i];
-  }
+  for (int j = 0; j < n_rows; ++j) s[j] = lane_dot(rows[j], q, head_dim, 8) * scale;
+  sink_softmax_accumulate(s, rows, head_dim, sink, out);
 }
 
 void attention_head_online(const float* q, const float* const* rows, int n_rows, int head_dim,
