@@ -23,6 +23,10 @@ const std::vector<EnvVar>& known_env_vars() {
       {"DS4_STRICT_BATCHED", "1: every gate exact (batched == N=1 decode)"},
       {"DS4_CUDA_STRICT_BATCHED", "alias of DS4_STRICT_BATCHED (the name ds4 uses)"},
       {"DS4_GATES", "gate settings, e.g. all=fast or id=exact,id2=fast"},
+      // Read by scripts/ (build folder, parallel jobs), ignored by the binaries; listed so that
+      // running a tool from those scripts is not an "unknown variable" error.
+      {"DS4_BUILD_DIR", "scripts/: build folder (default build)"},
+      {"DS4_JOBS", "scripts/: parallel build and test jobs (default nproc)"},
   };
   return vars;
 }
