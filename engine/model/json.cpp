@@ -285,6 +285,12 @@ void dump_value(const Json& v, std::string& out) {
     case Json::Bool: out += v.boolean ? "true" : "false"; return;
     case Json::Number: {
       // Shortest round-trip form, so parse(dump()) reproduces the same double.
+      // hardening (found by tests/fuzz/fuzz_json): -0.0 printed as "-0" came back as the
+      // integer 0, losing the sign; write it as a float literal.
+      if (!v.is_integer && v.number == 0 && std::signbit(v.number)) {
+        out += "-0.0";
+        return;
+      }
       char buf[32];
       auto r = v.is_integer ? std::to_chars(buf, buf + sizeof buf, v.integer)
                             : std::to_chars(buf, buf + sizeof buf, v.number);

@@ -5,7 +5,21 @@
 
 namespace ds4::h5 {
 
-void quiet() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+namespace {
+
+// hardening (disk full): when a write fails (ENOSPC), H5Fclose fails too and HDF5 1.10 keeps a
+// half-closed file object; its atexit handler (H5_term_library) then dereferences it and the
+// process died with SIGSEGV after printing the error, exit 139 instead of 2. Every file we open
+// is closed by RAII before exit, so the library's exit-time cleanup is not needed: switch it off
+// before the first HDF5 call (H5dont_atexit only works before the library initialises).
+const herr_t kNoAtExit = H5dont_atexit();
+
+}  // namespace
+
+void quiet() {
+  (void)kNoAtExit;
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+}
 
 namespace {
 
@@ -21,6 +35,10 @@ herr_t innermost(unsigned n, const H5E_error2_t* err, void* client) {
 std::string last_error() {
   std::string msg;
   H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, innermost, &msg);
+  // hardening: HDF5's write-failure text embeds ctime() ("time = Wed Nov 25 13:28:06 2026\n, ..."),
+  // which broke our one-line error messages; fold any line break into a space.
+  for (char& ch : msg)
+    if (ch == '\n' || ch == '\r') ch = ' ';
   return msg.empty() ? std::string("unknown HDF5 error") : msg;
 }
 
@@ -135,6 +153,29 @@ bool has_link(hid_t loc, const char* name) { return H5Lexists(loc, name, H5P_DEF
 
 namespace {
 
+// Bytes of the file that holds `obj` (0 when unknown).
+uint64_t file_bytes(hid_t obj) {
+  Handle f(H5Iget_file_id(obj));
+  hsize_t n = 0;
+  if (!f.valid() || H5Fget_filesize(f.get(), &n) < 0) return 0;
+  return n;
+}
+
+// hardening (found by tests/fuzz/fuzz_dump): a dataspace or a string type is metadata, and a
+// corrupt file can claim any extent; the readers allocate before they read, so a few bytes made
+// them ask for terabytes (std::bad_alloc, exit 3). Nothing we read is compressed, so an object
+// cannot need more bytes than the file has.
+void check_fits(const Context& c, hid_t obj, uint64_t bytes, const std::string& what) {
+  const uint64_t have = file_bytes(obj);
+  if (have != 0 && bytes > have)
+    ds4::fail(c.prefix + ": " + what + " claims " + std::to_string(bytes) +
+              " bytes, more than the whole file (" + std::to_string(have) + " bytes); the file is corrupt");
+}
+
+}  // namespace
+
+namespace {
+
 // HDF5 has no conversion between ASCII and UTF-8 strings: read with the file's character set
 // (other writers, e.g. h5py with bytes or the C API defaults, store ASCII).
 hid_t same_cset_string_type(hid_t file_type) {
@@ -161,6 +202,7 @@ std::string read_attr_string(const Context& c, hid_t obj, const char* name) {
   }
   // Fixed-length strings (written by other tools, e.g. h5py with numpy bytes) are accepted too.
   const size_t size = H5Tget_size(ftype.get());
+  check_fits(c, obj, size, what);  // hardening: see check_fits
   std::string out(size, '\0');
   Handle mtype(H5Tcopy(H5T_C_S1));
   H5Tset_size(mtype.get(), size);
@@ -199,10 +241,12 @@ uint64_t read_attr_uint(const Context& c, hid_t obj, const char* name) {
   return v;
 }
 
+
 uint64_t dataset_size(const Context& c, hid_t dset, const std::string& what) {
   Handle space(c.check(H5Dget_space(dset), "dataspace of " + what));
   const hssize_t n = H5Sget_simple_extent_npoints(space.get());
   if (n < 0) c.fail("size of " + what);
+  check_fits(c, dset, static_cast<uint64_t>(n), what);  // at least one byte per element
   return static_cast<uint64_t>(n);
 }
 
@@ -241,7 +285,10 @@ std::vector<std::string> read_strings(const Context& c, hid_t dset, const std::s
     return out;
   }
   const size_t size = H5Tget_size(ftype.get());
-  std::vector<char> buf(n * size);
+  uint64_t total = 0;  // hardening: n * size overflowed into a short buffer that H5Dread overran
+  if (__builtin_mul_overflow(n, uint64_t(size), &total)) total = UINT64_MAX;
+  check_fits(c, dset, total, what);
+  std::vector<char> buf(total);
   Handle mtype(H5Tcopy(H5T_C_S1));
   H5Tset_size(mtype.get(), size);
   H5Tset_cset(mtype.get(), H5Tget_cset(ftype.get()));

@@ -2,7 +2,13 @@
 // (layer, name, position). Only the tap order and manifest are read at open; a tap's index
 // (positions, offsets, stats, variants) is read when first needed and cached one tap at a time,
 // and data is read by hyperslab, so memory stays bounded however large the dump is.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <type_traits>
@@ -57,6 +63,72 @@ struct DumpReader::Impl {
 
 namespace {
 
+// hardening (found by tests/fuzz/fuzz_dump): libhdf5 1.10 (Debian 12's) trusts the object table of
+// a global heap collection, where every variable-length string lives. A free-space entry of size
+// 0 makes its decoder (H5HG__cache_heap_deserialize) loop forever, and an object whose size runs
+// past its collection makes H5HG_read copy out of bounds. Before HDF5 sees the file, every
+// collection ("GCOL", version 1, 3 zero bytes, u64 size; objects: u16 index, u16 refs, 4
+// reserved, u64 size, data padded to 8) is walked the way HDF5 walks it, bytes past the end of
+// the file reading as zeros as HDF5's sec2 driver returns them; a collection HDF5 would hang or
+// overrun on is refused. One sequential pass over the file (page cache), no allocation.
+// Assumes 8-byte lengths (HDF5's default, and what DumpWriter writes).
+void check_global_heaps(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;  // HDF5 reports the open error
+  struct stat st;
+  if (fstat(fd, &st) != 0 || st.st_size < 16) {
+    ::close(fd);
+    return;
+  }
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  void* map = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (map == MAP_FAILED) return;
+  const auto* base = static_cast<const uint8_t*>(map);
+  auto u64_at = [&](uint64_t off) {  // little-endian, zeros past the end of the file
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; --i) v = (v << 8) | (off + i < size ? base[off + i] : 0);
+    return v;
+  };
+  auto u16_at = [&](uint64_t off) {
+    return uint16_t((off < size ? base[off] : 0) | (off + 1 < size ? base[off + 1] : 0) << 8);
+  };
+  std::string bad;
+  static const uint8_t kSig[8] = {'G', 'C', 'O', 'L', 1, 0, 0, 0};
+  for (const uint8_t* hit = base; bad.empty();) {
+    hit = static_cast<const uint8_t*>(memmem(hit, size - uint64_t(hit - base), kSig, sizeof kSig));
+    if (!hit) break;
+    const uint64_t at = uint64_t(hit - base);
+    const uint64_t heap_size = u64_at(at + 8);
+    uint64_t end = 0;
+    if (__builtin_add_overflow(at, heap_size, &end)) end = UINT64_MAX;
+    for (uint64_t p = at + 16; p < end;) {
+      if (end - p < 16) break;  // too small for an object header: free space, the walk ends
+      const uint16_t idx = u16_at(p);
+      const uint64_t obj = u64_at(p + 8);
+      uint64_t need = obj;  // index 0 (free space) spans `size` bytes, header included
+      if (idx > 0) {
+        const uint64_t aligned = obj > UINT64_MAX - 7 - 16 ? UINT64_MAX - 16 : (obj + 7) / 8 * 8;
+        need = 16 + aligned;
+        if (obj > end - p - 16) {
+          bad = "object " + std::to_string(idx) + " runs past its global heap collection at byte " +
+                std::to_string(at);
+          break;
+        }
+      }
+      if (need == 0) {
+        bad = "global heap collection at byte " + std::to_string(at) + " has an empty free-space entry";
+        break;
+      }
+      if (need > end - p) break;  // HDF5's walk ends past the collection
+      p += need;
+    }
+    hit += 1;
+  }
+  munmap(map, size);
+  if (!bad.empty()) fail(path + ": not a readable HDF5 dump (corrupt: " + bad + ")");
+}
+
 // Where to send a user whose dump cannot be read: the command that wrote it, when recorded.
 std::string regenerate_hint(const h5::Context& c, hid_t root) {
   std::string cmd;
@@ -81,6 +153,7 @@ DumpReader DumpReader::open(const std::string& path) {
   if (!std::filesystem::is_regular_file(path, ec))
     fail(path + ": not a readable HDF5 dump (" +
          (std::filesystem::exists(path, ec) ? "not a regular file" : "no such file") + ")");
+  check_global_heaps(path);
   const htri_t is_h5 = H5Fis_hdf5(path.c_str());
   if (is_h5 == 0) fail(path + ": not a readable HDF5 dump (no HDF5 signature)");
   if (is_h5 < 0) fail(path + ": not a readable HDF5 dump (" + h5::last_error() + ")");
