@@ -260,6 +260,9 @@ struct Case {
   std::string id() const { return variant + "__" + shape; }
 };
 
+// gtest prints a failing parameter with this (instead of its bytes).
+void PrintTo(const Case& c, std::ostream* os) { *os << c.id(); }
+
 uint32_t base_seed() {
   const int flag = GTEST_FLAG_GET(random_seed);
   return flag != 0 ? static_cast<uint32_t>(flag) : 20240601u;
