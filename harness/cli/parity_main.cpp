@@ -17,6 +17,10 @@ struct Subcommand {
 const Subcommand kCommands[] = {
     {"gates", "list the gates (gates.def): id, family, backends, fast and exact variants", ds4::cmd_gates},
     {"run", "run a model plain / batched / verify and dump taps to HDF5", ds4::cmd_run},
+    {"ablate", "gate ablation matrix vs plain decode: ranking, minimal exact set (resumable, shards)", ds4::cmd_ablate},
+    {"bisect", "first (position, layer, tap) not bit-equal, its variant and gate; local vs propagated", ds4::cmd_bisect},
+    {"sweep", "verify width 1..K and prompt-length bands: where bit-equality or the fork moves", ds4::cmd_sweep},
+    {"report", "Markdown + self-contained HTML report of ablate / bisect / sweep results", ds4::cmd_report},
 };
 
 void usage(FILE* out) {
