@@ -181,7 +181,10 @@ std::vector<float> Session::mtp_draft(int32_t next_token) { return impl_->mtp_dr
 void Session::set_gates(const GateSet& gates) { impl_->opt.gates = gates; options_.gates = gates; }
 
 static bool bytes_equal(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+  // hardening (UBSan, scripts/test-asan): an empty vector's data() may be null, and memcmp with a
+  // null pointer is undefined even for 0 bytes.
+  return a.size() == b.size() &&
+         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
 }
 
 static bool layer_equal(const LayerState& a, const LayerState& b) {

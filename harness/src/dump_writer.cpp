@@ -197,7 +197,7 @@ void DumpWriter::finish() {
   }
   m.tmp = m.path + ".tmp." + std::to_string(::getpid());
   try {
-    m.write_file(m.tmp);
+      m.write_file(m.tmp);
   } catch (...) {
     std::remove(m.tmp.c_str());
     m.tmp.clear();
@@ -223,6 +223,12 @@ void DumpWriter::Impl::write_file(const std::string& file_path) {
   h5::Handle file(c.check(H5Fcreate(file_path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT),
                           "create " + file_path));
   const hid_t root = file.get();
+  // hardening (disk full): a failed H5Fclose in libhdf5 1.10 leaves a dangling file ID that
+  // crashes the process in the library's exit-time cleanup (H5close, which libhdf5_cpp runs from
+  // a static destructor even after H5dont_atexit). So every write, the final flush included,
+  // happens inside this try; on failure the temporary is truncated to zero first, which returns
+  // its blocks, and only then does the handle's close flush HDF5's metadata.
+  try {
 
   s::for_each_manifest_field(manifest, [&](const char* name, const auto& v) {
     using T = std::decay_t<decltype(v)>;
@@ -258,6 +264,13 @@ void DumpWriter::Impl::write_file(const std::string& file_path) {
   h5::write_dataset(c, root, s::kOrderLayer, H5T_STD_I32LE, H5T_NATIVE_INT32, order_layer.data(),
                     order_layer.size());
   h5::write_strings(c, root, s::kOrderName, order_name);
+  if (H5Fflush(root, H5F_SCOPE_LOCAL) < 0) c.fail("flush " + file_path);
+  } catch (...) {
+    if (::truncate(file_path.c_str(), 0) != 0) {
+      // Nothing more to free; the close below may still fail.
+    }
+    throw;
+  }
 
   if (file.close() < 0) c.fail("close " + file_path);
   // Make the bytes durable before the rename publishes them under the final name.
