@@ -17,6 +17,8 @@ struct Subcommand {
 const Subcommand kCommands[] = {
     {"gates", "list the gates (gates.def): id, family, backends, fast and exact variants", ds4::cmd_gates},
     {"run", "run a model plain / batched / verify and dump taps to HDF5", ds4::cmd_run},
+    {"diff", "compare two dumps: first divergence, worst taps, growth, logits, routing; JSON", ds4::cmd_diff},
+    {"gate", "check diff results against parity.toml thresholds; JUnit XML", ds4::cmd_gate},
     {"ablate", "gate ablation matrix vs plain decode: ranking, minimal exact set (resumable, shards)", ds4::cmd_ablate},
     {"bisect", "first (position, layer, tap) not bit-equal, its variant and gate; local vs propagated", ds4::cmd_bisect},
     {"sweep", "verify width 1..K and prompt-length bands: where bit-equality or the fork moves", ds4::cmd_sweep},
