@@ -266,13 +266,16 @@ struct GgufParser {
     if (n_dims < 1 || n_dims > kMaxDims)
       error(who + " has " + std::to_string(n_dims) + " dimensions (expected 1.." +
             std::to_string(kMaxDims) + ")");
-    int64_t nelem = 1;
+    // The product of the non-zero dimensions must fit in int64: with a zero dimension the element
+    // count is 0, but rows() (the product of ne[1..]) and any partial product must not overflow
+    // either (found by tests/fuzz: ne = [0, 2^54, 2^45]).
+    int64_t extent = 1;
     for (uint32_t d = 0; d < n_dims; ++d) {
       uint64_t ne = cur.read<uint64_t>();
       if (ne > uint64_t(std::numeric_limits<int64_t>::max()))
         error(who + " has negative dimension ne[" + std::to_string(d) + "]");
       t.ne.push_back(static_cast<int64_t>(ne));
-      if (__builtin_mul_overflow(nelem, t.ne.back(), &nelem))
+      if (__builtin_mul_overflow(extent, std::max<int64_t>(t.ne.back(), 1), &extent))
         error(who + " element count overflows");
     }
     uint32_t type = cur.read<uint32_t>();

@@ -150,6 +150,13 @@ TEST(FuzzRegression, GgufKeyWithNewline) {
   EXPECT_NE(m.find("bad\\nkey"), std::string::npos) << m;
 }
 
+// ne = [0, 2^54, 2^45]: zero elements, but rows() (the product of ne[1..]) overflowed int64.
+TEST(FuzzRegression, GgufZeroDimensionDoesNotHideOverflow) {
+  const std::string in = kRegressions + "/gguf/rows-overflow-zero-dim";
+  const std::string m = one_error([&] { ds4::GgufFile::open(in); });
+  EXPECT_NE(m.find("element count overflows"), std::string::npos) << m;
+}
+
 TEST(FuzzRegression, JsonNegativeZeroRoundTrips) {
   const ds4::Json z = ds4::Json::parse("-0.0", "t");
   EXPECT_TRUE(std::signbit(z.number));
