@@ -456,13 +456,16 @@ TEST_P(BadInput, ExitTwoWithOneLineNamingTheInputAndNothingWritten) {
   }
 
   // The README row: input | what is tried | exact message (paths as DIR/).
+  const std::string out_shown = fs::path(out).extension() == ".gguf" ? "out.gguf" : "out.h5";
   std::string msg = first;
+  replace_all(msg, out, "DIR/" + out_shown);
   replace_all(msg, fx.model, "tiny.gguf");
   replace_all(msg, fx.dir + "/", "DIR/");
   replace_all(msg, fx.dir, "DIR");
   replace_all(msg, "|", "\\|");
   std::string cmd = std::string(tool_name(row.tool));
   for (std::string a : args) {
+    replace_all(a, out, out_shown);
     replace_all(a, fx.model, "tiny.gguf");
     replace_all(a, fx.dir + "/", "");
     replace_all(a, std::string(DS4_SOURCE_DIR) + "/", "");
