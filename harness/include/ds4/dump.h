@@ -84,7 +84,7 @@ class DumpWriter : public TapSink {
   // Drops every captured row at positions >= pos (a speculative verifier that restores a
   // snapshot and re-runs from pos calls this first; otherwise finish() reports the position as
   // written twice).
-  void rollback(int64_t pos);
+  void rollback(int64_t pos) override;
 
   // Writes the file (atomically: tmp name, then rename). Throws a one-line ds4::Error naming
   // the path; a failed finish leaves no file behind. May be called once.
