@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <numeric>
@@ -102,6 +103,18 @@ uint32_t DumpWriter::Impl::variant_id(const char* variant) {
 DumpWriter::DumpWriter(std::string path, RunManifest manifest, TapLevel level, TapFilter filter)
     : impl_(std::make_unique<Impl>()) {
   impl_->path = std::move(path);
+  // Fail before the run, not after it: a missing or unwritable output folder is found here,
+  // before any forward pass is spent on a dump that cannot be written.
+  {
+    namespace fs = std::filesystem;
+    const fs::path parent = fs::path(impl_->path).parent_path();
+    const std::string folder = parent.empty() ? "." : parent.string();
+    std::error_code ec;
+    if (!fs::is_directory(folder, ec))
+      fail(impl_->path + ": cannot write dump: folder '" + folder + "' does not exist");
+    if (::access(folder.c_str(), W_OK) != 0)
+      fail(impl_->path + ": cannot write dump: folder '" + folder + "' is not writable");
+  }
   impl_->manifest = std::move(manifest);
   impl_->manifest.schema_version = kDumpSchemaVersion;
   impl_->manifest.tap_level = tap_level_name(level);
