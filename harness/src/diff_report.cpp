@@ -9,6 +9,7 @@
 #include "ds4/cli_args.h"
 #include "ds4/diff.h"
 #include "ds4/error.h"
+#include "ds4/json_build.h"
 
 namespace ds4 {
 
@@ -18,48 +19,7 @@ namespace ds4 {
 
 namespace {
 
-Json jstr(const std::string& s) {
-  Json j;
-  j.kind = Json::String;
-  j.string = s;
-  return j;
-}
-Json jbool(bool b) {
-  Json j;
-  j.kind = Json::Bool;
-  j.boolean = b;
-  return j;
-}
-Json jint(int64_t v) {
-  Json j;
-  j.kind = Json::Number;
-  j.number = double(v);
-  j.integer = v;
-  j.is_integer = true;
-  return j;
-}
-// JSON has no NaN/Inf: those become the strings "nan", "inf", "-inf".
-Json jnum(double v) {
-  if (std::isnan(v)) return jstr("nan");
-  if (std::isinf(v)) return jstr(v > 0 ? "inf" : "-inf");
-  Json j;
-  j.kind = Json::Number;
-  j.number = v;
-  return j;
-}
 Json jpos(int64_t p) { return p == kNever ? Json{} : jint(p); }
-Json jobj(Json::Members m) {
-  Json j;
-  j.kind = Json::Object;
-  j.members = std::move(m);
-  return j;
-}
-Json jarr(std::vector<Json> a) {
-  Json j;
-  j.kind = Json::Array;
-  j.array = std::move(a);
-  return j;
-}
 Json julp(uint64_t u) { return u == kUlpInfinite ? jstr("inf") : jint(int64_t(u)); }
 
 Json loc_json(const ElementLoc& l) {

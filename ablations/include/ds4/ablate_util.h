@@ -12,30 +12,12 @@
 
 #include "ds4/engine.h"
 #include "ds4/json.h"
+#include "ds4/json_build.h"
 
 namespace ds4 {
 
 // ---- JSON --------------------------------------------------------------------------------------
-// JSON has no inf/nan: non-finite numbers are written as the strings "inf", "-inf", "nan" (the
-// convention of ds4-parity diff) and read back by jnum_of.
-Json jnull();
-Json jbool(bool v);
-Json jint(int64_t v);
-Json jnum(double v);
-Json jstr(const std::string& v);
-Json jarr();
-Json jobj();
-Json& jput(Json& obj, const std::string& key, Json v);  // appends a member; returns obj
-Json jnums(const std::vector<double>& v);
-Json jints(const std::vector<int64_t>& v);
-Json jstrs(const std::vector<std::string>& v);
-// Reading: a Number, or one of the strings above; `null` reads as `dflt`.
-double jnum_of(const Json& v, double dflt = 0);
-double jnum_at(const Json& obj, const std::string& key, double dflt = 0);  // absent -> dflt
-int64_t jint_at(const Json& obj, const std::string& key, int64_t dflt = 0);
-std::string jstr_at(const Json& obj, const std::string& key, const std::string& dflt = "");
-bool jbool_at(const Json& obj, const std::string& key, bool dflt = false);
-std::vector<double> jnums_of(const Json& v);
+// Builders and readers: ds4/json_build.h.
 // Two-space indented text with a trailing newline (small files meant to be read by people).
 std::string json_indented(const Json& v);
 // Reads and parses a JSON file; throws "<path>: ...".
