@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "backend/cuda/forward_cuda.h"
 #include "ds4/error.h"
 #include "ds4/synth.h"
 
@@ -23,6 +24,7 @@ const std::vector<EnvVar>& known_env_vars() {
       {"DS4_STRICT_BATCHED", "1: every gate exact (batched == N=1 decode)"},
       {"DS4_CUDA_STRICT_BATCHED", "alias of DS4_STRICT_BATCHED (the name ds4 uses)"},
       {"DS4_GATES", "gate settings, e.g. all=fast or id=exact,id2=fast"},
+      {"DS4_CUDA_MEM_LIMIT_MB", "cap on the CUDA forward's device allocations in MiB (0/unset: none; tests provoke OOM)"},
       // Read by scripts/ (build folder, parallel jobs), ignored by the binaries; listed so that
       // running a tool from those scripts is not an "unknown variable" error.
       {"DS4_BUILD_DIR", "scripts/: build folder (default build)"},
@@ -195,6 +197,13 @@ std::string builtin_model_path(const EnvSettings& env) {
   const std::string path = dir + "/" + synth_model_name(opt) + "-gen1.gguf";
   if (!std::filesystem::exists(path)) write_synth_model(opt, path);
   return path;
+}
+
+// DS4_CUDA_MEM_LIMIT_MB: read here only (style.md rule 5), at each CUDA session's creation.
+int64_t cuda_forward_mem_limit_bytes() {
+  const char* v = std::getenv("DS4_CUDA_MEM_LIMIT_MB");
+  if (!v || !*v) return 0;
+  return parse_int_flag("DS4_CUDA_MEM_LIMIT_MB", v, 0, int64_t{1} << 30) * (int64_t{1} << 20);
 }
 
 }  // namespace ds4

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "ds4/config.h"
+#include "ds4/cuda_backend.h"
 #include "ds4/engine.h"
 #include "ds4/error.h"
 #include "ds4/tokenizer.h"
@@ -63,7 +64,6 @@ int run(int argc, char** argv) {
     std::fputs(ds4::ds4_cli_usage().c_str(), stdout);
     return 0;
   }
-  if (cli.backend == "cuda") ds4::fail("--backend cuda: the CUDA forward is not implemented yet (use cpu)");
   const std::string path = cli.model.empty() ? ds4::builtin_model_path(env) : cli.model;
   auto model = ds4::Model::load(path);
   const ds4::Tokenizer& tok = model->tokenizer();
@@ -76,15 +76,17 @@ int run(int argc, char** argv) {
   }
   if (prompt.empty()) ds4::fail("empty prompt");
   ds4::SessionOptions so;
+  so.backend = ds4::backend_from_name(cli.backend);
   so.profile = cli.profile;
   so.n_threads = cli.threads;
   so.gates = cli.gates;
   so.max_ctx = std::max<int64_t>(cli.ctx, static_cast<int64_t>(prompt.size()) + cli.n_predict + 1);
   ds4::Session session(model, so);
 
-  std::fprintf(stderr, "model: %s\n%s\nprofile: %s, gates: %s, prompt: %zu tokens\n", path.c_str(),
-               model->hparams().summary().c_str(), ds4::profile_name(cli.profile), cli.gates.to_string().c_str(),
-               prompt.size());
+  std::fprintf(stderr, "model: %s\n%s\nbackend: %s%s, profile: %s, gates: %s, prompt: %zu tokens\n", path.c_str(),
+               model->hparams().summary().c_str(), cli.backend.c_str(),
+               so.backend == ds4::Backend::Cuda ? (" (" + ds4::cuda_device_info().name + ")").c_str() : "",
+               ds4::profile_name(cli.profile), cli.gates.to_string().c_str(), prompt.size());
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<float> logits = session.forward(prompt);
   const auto t1 = std::chrono::steady_clock::now();

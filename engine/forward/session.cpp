@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <thread>
 
+#include "backend/cuda/forward_cuda.h"
 #include "ds4/error.h"
 #include "forward/forward_impl.h"
 #include "ops/matmul/linear.h"
@@ -158,27 +159,54 @@ std::string FaultInjection::to_string() const {
 
 // ---------------------------------------------------------------------------------------------
 
+const char* backend_name(Backend b) { return b == Backend::Cuda ? "cuda" : "cpu"; }
+Backend backend_from_name(const std::string& name) {
+  if (name == "cpu") return Backend::Cpu;
+  if (name == "cuda") return Backend::Cuda;
+  fail("unknown backend '" + name + "' (known: cpu, cuda)");
+}
+
+// Dispatch: Backend::Cpu runs Impl above, Backend::Cuda the CudaSession (backend/cuda/forward_cuda.h).
 Session::Session(std::shared_ptr<const Model> model, SessionOptions options)
     : model_(std::move(model)), options_(options) {
   if (!model_) fail("Session: no model");
   if (options_.max_ctx <= 0) fail("Session: max_ctx must be positive");
-  impl_ = std::make_unique<Impl>(*model_, options_, &taps_);
+  if (options_.backend == Backend::Cuda)
+    cuda_ = CudaSession::create(model_, options_, &taps_);
+  else
+    impl_ = std::make_unique<Impl>(*model_, options_, &taps_);
 }
 
 Session::~Session() = default;
 
 std::vector<float> Session::decode(int32_t token) {
   const int32_t t[1] = {token};
-  return impl_->forward(std::span<const int32_t>(t, 1));
+  return forward(std::span<const int32_t>(t, 1));
 }
 
-std::vector<float> Session::forward(std::span<const int32_t> tokens) { return impl_->forward(tokens); }
-int64_t Session::pos() const { return impl_->st.pos; }
-std::shared_ptr<const SessionState> Session::snapshot() const { return std::make_shared<const SessionState>(impl_->st); }
-void Session::restore(const SessionState& state) { impl_->st = state; }
-void Session::reset() { impl_->reset(); }
-std::vector<float> Session::mtp_draft(int32_t next_token) { return impl_->mtp_draft(next_token); }
-void Session::set_gates(const GateSet& gates) { impl_->opt.gates = gates; options_.gates = gates; }
+std::vector<float> Session::forward(std::span<const int32_t> tokens) {
+  return cuda_ ? cuda_->forward(tokens) : impl_->forward(tokens);
+}
+int64_t Session::pos() const { return cuda_ ? cuda_->pos() : impl_->st.pos; }
+std::shared_ptr<const SessionState> Session::snapshot() const {
+  return cuda_ ? cuda_->snapshot() : std::make_shared<const SessionState>(impl_->st);
+}
+void Session::restore(const SessionState& state) {
+  if (cuda_) cuda_->restore(state);
+  else impl_->st = state;
+}
+void Session::reset() {
+  if (cuda_) cuda_->reset();
+  else impl_->reset();
+}
+std::vector<float> Session::mtp_draft(int32_t next_token) {
+  return cuda_ ? cuda_->mtp_draft(next_token) : impl_->mtp_draft(next_token);
+}
+void Session::set_gates(const GateSet& gates) {
+  if (cuda_) cuda_->set_gates(gates);
+  else impl_->opt.gates = gates;
+  options_.gates = gates;
+}
 
 static bool bytes_equal(const std::vector<float>& a, const std::vector<float>& b) {
   // hardening (UBSan, scripts/test-asan): an empty vector's data() may be null, and memcmp with a

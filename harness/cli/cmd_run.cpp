@@ -13,7 +13,7 @@ namespace ds4 {
 int cmd_run(const std::vector<std::string>& args) {
   std::string model_path, prompt = "Hello", system = "You are a helpful assistant", token_file, mode = "plain",
                           profile = "ds4", gates, fault, taps = "full", tap_layers, tap_names, positions, out,
-                          drafts = "given";
+                          drafts = "given", backend = "cpu";
   int64_t width = 0, prefix = 0, generate = 0, threads = 0;
   bool nothink = false, strict = false;
   ArgParser p("run");
@@ -27,6 +27,7 @@ int cmd_run(const std::vector<std::string>& args) {
       .option("--width", &width, "batched: tokens per forward (0 = all); verify: rows per pass", 0, 1 << 20)
       .option("--prefix", &prefix, "verify: tokens decoded with N=1 first", 0, 1 << 24)
       .option("--drafts", &drafts, "verify: given (teacher forcing) or mtp")
+      .option("--backend", &backend, "cpu (reference) or cuda")
       .option("--profile", &profile, "numerics profile: ds4 or plain")
       .option("--gates", &gates, "gate settings, e.g. all=fast,q8_gemm=exact")
       .flag("--strict", &strict, "every gate exact")
@@ -45,6 +46,7 @@ int cmd_run(const std::vector<std::string>& args) {
   if (out.empty()) fail("bad flag: -o OUT.h5 is required");
   RunSpec spec;
   spec.mode = run_mode_from_name(mode);
+  spec.backend = backend_from_name(backend);
   spec.profile = profile_from_name(profile);
   spec.gates = resolve_gates(env, strict, gates);
   if (!fault.empty()) spec.fault = FaultInjection::parse(fault);

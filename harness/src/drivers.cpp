@@ -1,6 +1,8 @@
 // Run drivers: plain, batched and verify (see ds4/drivers.h).
 #include "ds4/drivers.h"
 
+#include "ds4/cuda_backend.h"
+
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -35,6 +37,7 @@ namespace {
 
 SessionOptions session_options(const RunSpec& spec, int64_t n_tokens) {
   SessionOptions so;
+  so.backend = spec.backend;
   so.profile = spec.profile;
   so.gates = spec.gates;
   so.fault = spec.fault;
@@ -205,8 +208,10 @@ RunManifest make_manifest(const Model& model, const RunSpec& spec, const std::st
   m.model_path = model.path();
   m.model_sha256 = sha256_file(model.path());
   m.model_name = model.file().get_str_or("general.name", "");
-  m.backend = "cpu";
-  m.device_name = "cpu (" + std::to_string(spec.threads > 0 ? spec.threads : std::max(1u, std::thread::hardware_concurrency())) + " threads)";
+  m.backend = backend_name(spec.backend);
+  m.device_name = spec.backend == Backend::Cuda
+                      ? cuda_device_info().name
+                      : "cpu (" + std::to_string(spec.threads > 0 ? spec.threads : std::max(1u, std::thread::hardware_concurrency())) + " threads)";
   m.profile = profile_name(spec.profile);
   m.gate_set = spec.mode == RunMode::Plain ? "n/a (N=1 decode)" : spec.gates.to_string();
   m.run_mode = run_mode_name(spec.mode);

@@ -93,7 +93,15 @@ struct FaultInjection {
   std::string to_string() const;
 };
 
+// Where a Session runs. Cuda: the forward of engine/backend/cuda/forward_cuda*.cpp (same API,
+// states in the CPU layout); construction throws a one-line ds4::Error when CUDA is not built or
+// no device is present.
+enum class Backend { Cpu, Cuda };
+const char* backend_name(Backend b);                 // "cpu" / "cuda"
+Backend backend_from_name(const std::string& name);  // throws naming the value
+
 struct SessionOptions {
+  Backend backend = Backend::Cpu;
   Profile profile = Profile::Ds4;
   GateSet gates;            // default: every gate fast (the baseline); GateSet::all_exact() = strict
   TopkTies topk_ties = TopkTies::LowerIndex;
@@ -104,6 +112,7 @@ struct SessionOptions {
 };
 
 struct SessionState;  // KV, compressor and indexer state of every layer, plus the position
+class CudaSession;    // the CUDA backend's session (engine/backend/cuda/forward_cuda.h)
 
 class Session {
  public:
@@ -144,7 +153,8 @@ class Session {
   std::shared_ptr<const Model> model_;
   SessionOptions options_;
   TapSink* taps_ = nullptr;
-  std::unique_ptr<Impl> impl_;
+  std::unique_ptr<Impl> impl_;         // Backend::Cpu
+  std::unique_ptr<CudaSession> cuda_;  // Backend::Cuda
 };
 
 // Greedy / temperature sampling helper (lowest index wins ties for argmax).

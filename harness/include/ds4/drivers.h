@@ -16,6 +16,7 @@ const char* run_mode_name(RunMode m);
 RunMode run_mode_from_name(const std::string& s);  // throws naming the value
 
 struct RunSpec {
+  Backend backend = Backend::Cpu;  // cuda: the Session runs on the GPU (manifest: backend, device)
   Profile profile = Profile::Ds4;
   GateSet gates;                 // batched and verify passes use these; plain decode takes no gate
   FaultInjection fault;
