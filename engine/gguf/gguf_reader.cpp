@@ -21,6 +21,7 @@
 #include <cstring>
 #include <limits>
 
+#include "io/mapped_file.h"
 #include "ds4/error.h"
 #include "ds4/gguf.h"
 #include "ds4/json.h"  // printable()
@@ -353,36 +354,15 @@ struct GgufParser {
 std::shared_ptr<GgufFile> GgufFile::open(const std::string& path) {
   std::shared_ptr<GgufFile> f(new GgufFile());
   f->path_ = path;
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail(path + ": cannot open: " + std::strerror(errno));
-  struct stat st;
-  if (fstat(fd, &st) != 0) {
-    int err = errno;
-    ::close(fd);
-    fail(path + ": cannot stat: " + std::strerror(err));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    fail(path + ": not a regular file");
-  }
-  f->size_ = static_cast<size_t>(st.st_size);
-  if (f->size_ > 0) {
-    void* p = mmap(nullptr, f->size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) {
-      int err = errno;
-      ::close(fd);
-      fail(path + ": cannot mmap: " + std::strerror(err));
-    }
-    f->base_ = static_cast<const uint8_t*>(p);
-  }
-  ::close(fd);  // the mapping stays valid without the descriptor
+  const MappedRegion region = map_file_readonly(path);
+  f->base_ = region.base;
+  f->size_ = region.size;
   GgufParser(*f).parse();
   return f;
 }
 
 GgufFile::~GgufFile() {
-  if (base_) munmap(const_cast<uint8_t*>(base_), size_);
-  if (fd_ >= 0) ::close(fd_);
+  unmap_file({base_, size_});
 }
 
 const GgufValue* GgufFile::find(const std::string& key) const {

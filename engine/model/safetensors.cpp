@@ -7,6 +7,7 @@
 // Everything in the header is validated before any tensor pointer is handed out: the header
 // length, the JSON (strict parser, ds4/json.h), each dtype, that shape product * dtype size
 // equals end - begin, that [begin, end) lies in the data section, and that no two tensors overlap.
+#include "io/mapped_file.h"
 #include "ds4/safetensors.h"
 
 #include <fcntl.h>
@@ -209,31 +210,15 @@ struct SafetensorsParser {
 std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
   std::shared_ptr<SafetensorsFile> f(new SafetensorsFile());
   f->path_ = path;
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail(path + ": cannot open: " + std::strerror(errno));
-  struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    fail(path + ": not a readable regular file");
-  }
-  f->size_ = static_cast<size_t>(st.st_size);
-  if (f->size_ > 0) {
-    void* p = mmap(nullptr, f->size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) {
-      int err = errno;
-      ::close(fd);
-      fail(path + ": cannot mmap: " + std::strerror(err));
-    }
-    f->base_ = static_cast<const uint8_t*>(p);
-  }
-  ::close(fd);  // the mapping stays valid without the descriptor
+  const MappedRegion region = map_file_readonly(path);
+  f->base_ = region.base;
+  f->size_ = region.size;
   SafetensorsParser{*f}.parse();
   return f;
 }
 
 SafetensorsFile::~SafetensorsFile() {
-  if (base_) munmap(const_cast<uint8_t*>(base_), size_);
-  if (fd_ >= 0) ::close(fd_);
+  unmap_file({base_, size_});
 }
 
 const SafeTensor* SafetensorsFile::find(const std::string& name) const {

@@ -98,7 +98,6 @@ class GgufFile {
   uint32_t alignment_ = 32;
   const uint8_t* base_ = nullptr;
   size_t size_ = 0;
-  int fd_ = -1;
   std::vector<std::pair<std::string, GgufValue>> kv_;
   std::map<std::string, size_t> kv_index_;
   std::vector<GgufTensor> tensors_;

@@ -39,7 +39,6 @@ class SafetensorsFile {
   std::string path_;
   const uint8_t* base_ = nullptr;
   size_t size_ = 0;
-  int fd_ = -1;
   std::vector<SafeTensor> tensors_;
   std::map<std::string, size_t> index_;
   std::map<std::string, std::string> metadata_;
