@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <charconv>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -204,6 +205,135 @@ int64_t cuda_forward_mem_limit_bytes() {
   const char* v = std::getenv("DS4_CUDA_MEM_LIMIT_MB");
   if (!v || !*v) return 0;
   return parse_int_flag("DS4_CUDA_MEM_LIMIT_MB", v, 0, int64_t{1} << 30) * (int64_t{1} << 20);
+}
+
+// ---- ds4-synth and ds4-convert -----------------------------------------------------------------
+
+namespace {
+
+std::string join_bar(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : "|") + x;
+  return s;
+}
+
+// Walks argv for the two model-writing tools: `value()` takes the next argument or fails with
+// "missing value for <flag>".
+struct ArgWalker {
+  int argc;
+  char** argv;
+  int i = 1;
+  std::string flag;
+  bool next() {
+    if (i >= argc) return false;
+    flag = argv[i++];
+    return true;
+  }
+  std::string value() {
+    if (i >= argc) fail("missing value for " + flag);
+    return argv[i++];
+  }
+};
+
+template <class T>
+T parse_count(const std::string& flag, const std::string& text) {
+  T v{};
+  const char* end = text.data() + text.size();
+  auto [p, ec] = std::from_chars(text.data(), end, v);
+  if (ec != std::errc() || p != end || text.empty())
+    fail("bad value '" + text + "' for " + flag + " (expected a non-negative integer)");
+  return v;
+}
+
+}  // namespace
+
+std::string synth_cli_usage() {
+  return "usage: ds4-synth [--preset " + join_bar(synth_presets()) + "] [--quant " + join_bar(QuantMix::names()) +
+         "] [--seed N]\n"
+         "                 [--layers N] [--experts N] [--vocab N] [--ff N] [--mtp]\n"
+         "                 [--threads N] -o out.gguf\n"
+         "Writes a synthetic DeepSeek V4 Flash model with seeded random weights.\n"
+         "  --preset   tiny (the HF oracle's shapes, expert FF 256; default) or flash-shape\n"
+         "             (every per-layer dimension of Flash, 4 layers, 16 experts)\n"
+         "  --quant    quant mix (default ds4: IQ2_XXS/Q2_K experts, Q8_0 attention, ...)\n"
+         "  --seed     weight seed (default 1234); same options give the same bytes\n"
+         "  --layers/--experts/--vocab/--ff  override the preset (0 = preset default)\n"
+         "  --mtp      add one MTP block\n"
+         "  --threads  worker threads (default: all cores; does not change the output)\n";
+}
+
+SynthCli parse_synth_cli(int argc, char** argv) {
+  SynthCli c;
+  ArgWalker w{argc, argv};
+  while (w.next()) {
+    const std::string& a = w.flag;
+    if (a == "-h" || a == "--help") {
+      c.help = true;
+      return c;
+    } else if (a == "--preset") {
+      c.opt.preset = w.value();
+    } else if (a == "--quant") {
+      c.opt.quant_mix = w.value();
+      QuantMix::by_name(c.opt.quant_mix);  // reject an unknown mix before anything else
+    } else if (a == "--seed") {
+      c.opt.seed = parse_count<uint64_t>(a, w.value());
+    } else if (a == "--layers") {
+      c.opt.n_layer = parse_count<uint32_t>(a, w.value());
+    } else if (a == "--experts") {
+      c.opt.n_expert = parse_count<uint32_t>(a, w.value());
+    } else if (a == "--vocab") {
+      c.opt.n_vocab = parse_count<uint32_t>(a, w.value());
+    } else if (a == "--ff") {
+      c.opt.n_ff_exp = parse_count<uint32_t>(a, w.value());
+    } else if (a == "--threads") {
+      c.opt.n_threads = parse_count<unsigned>(a, w.value());
+    } else if (a == "--mtp") {
+      c.opt.mtp = true;
+    } else if (a == "-o" || a == "--output") {
+      c.output = w.value();
+    } else {
+      fail("unknown argument '" + a + "' (see --help)");
+    }
+  }
+  if (c.output.empty()) fail("missing -o out.gguf (see --help)");
+  return c;
+}
+
+std::string convert_cli_usage() {
+  return "usage: ds4-convert <model.safetensors | dir with *.safetensors> [--config config.json]\n"
+         "                   [--quant " + join_bar(QuantMix::names()) + "] -o out.gguf\n"
+         "Converts a DeepSeek V4 checkpoint in upstream tensor names (FP8/FP4 or float) to a\n"
+         "deepseek4 GGUF. --config defaults to config.json next to the input; --quant to f32.\n"
+         "mtp.* tensors are dropped. Without a tokenizer.json next to the input a synthetic\n"
+         "vocabulary is written.\n";
+}
+
+ConvertCli parse_convert_cli(int argc, char** argv) {
+  ConvertCli c;
+  ArgWalker w{argc, argv};
+  while (w.next()) {
+    const std::string& a = w.flag;
+    if (a == "-h" || a == "--help") {
+      c.help = true;
+      return c;
+    } else if (a == "--config") {
+      c.opt.config = w.value();
+    } else if (a == "--quant") {
+      c.opt.quant_mix = w.value();
+      QuantMix::by_name(c.opt.quant_mix);
+    } else if (a == "-o" || a == "--output") {
+      c.opt.output = w.value();
+    } else if (!a.empty() && a[0] == '-') {
+      fail("unknown argument '" + a + "' (see --help)");
+    } else if (c.opt.input.empty()) {
+      c.opt.input = a;
+    } else {
+      fail("more than one input given ('" + c.opt.input + "', '" + a + "')");
+    }
+  }
+  if (c.opt.input.empty()) fail("missing input safetensors file or directory (see --help)");
+  if (c.opt.output.empty()) fail("missing -o out.gguf (see --help)");
+  return c;
 }
 
 }  // namespace ds4

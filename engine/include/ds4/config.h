@@ -6,8 +6,10 @@
 #include <string>
 #include <vector>
 
+#include "ds4/convert.h"
 #include "ds4/engine.h"
 #include "ds4/gates.h"
+#include "ds4/synth.h"
 
 namespace ds4 {
 
@@ -49,6 +51,23 @@ struct Ds4Cli {
 // Parses argv (throws ds4::Error "bad flag ..." on an unknown flag or a bad value).
 Ds4Cli parse_ds4_cli(int argc, char** argv, const EnvSettings& env);
 std::string ds4_cli_usage();
+
+// The `ds4-synth` command line (no environment: the output depends only on its flags).
+struct SynthCli {
+  SynthOptions opt;
+  std::string output;  // -o (required)
+  bool help = false;
+};
+SynthCli parse_synth_cli(int argc, char** argv);
+std::string synth_cli_usage();
+
+// The `ds4-convert` command line.
+struct ConvertCli {
+  ConvertOptions opt;  // input (positional), --config, --quant, -o (required)
+  bool help = false;
+};
+ConvertCli parse_convert_cli(int argc, char** argv);
+std::string convert_cli_usage();
 
 // Gate settings with CLI > environment > default (all fast): DS4_STRICT_BATCHED, then DS4_GATES,
 // then --strict, then --gates. Throws naming an unknown gate or a bad state.
