@@ -17,6 +17,7 @@
 #include "ds4/error.h"
 #include "dump_hdf5.h"
 #include "dump_schema.h"
+#include "dump_seal.h"
 
 namespace ds4 {
 
@@ -153,6 +154,7 @@ DumpReader DumpReader::open(const std::string& path) {
   if (!std::filesystem::is_regular_file(path, ec))
     fail(path + ": not a readable HDF5 dump (" +
          (std::filesystem::exists(path, ec) ? "not a regular file" : "no such file") + ")");
+  verify_dump_seal(path);  // before libhdf5 parses anything (dump_seal.h says why)
   check_global_heaps(path);
   const htri_t is_h5 = H5Fis_hdf5(path.c_str());
   if (is_h5 == 0) fail(path + ": not a readable HDF5 dump (no HDF5 signature)");

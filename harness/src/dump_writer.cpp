@@ -20,6 +20,7 @@
 #include "ds4/error.h"
 #include "dump_hdf5.h"
 #include "dump_schema.h"
+#include "dump_seal.h"
 
 namespace ds4 {
 
@@ -211,6 +212,7 @@ void DumpWriter::finish() {
   m.tmp = m.path + ".tmp." + std::to_string(::getpid());
   try {
       m.write_file(m.tmp);
+      seal_dump(m.tmp);  // after the HDF5 file is closed: the checksum covers its final bytes
   } catch (...) {
     std::remove(m.tmp.c_str());
     m.tmp.clear();
@@ -233,7 +235,10 @@ void DumpWriter::Impl::write_file(const std::string& file_path) {
   namespace s = dump_schema;
   h5::quiet();
   const h5::Context c{path + ": cannot write dump"};
-  h5::Handle file(c.check(H5Fcreate(file_path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT),
+  // The first kDumpSealBytes are an HDF5 user block, filled with the seal (dump_seal.h).
+  h5::Handle fcpl(c.check(H5Pcreate(H5P_FILE_CREATE), "file creation properties"));
+  c.check(H5Pset_userblock(fcpl.get(), kDumpSealBytes), "reserve the DS4 header");
+  h5::Handle file(c.check(H5Fcreate(file_path.c_str(), H5F_ACC_TRUNC, fcpl.get(), H5P_DEFAULT),
                           "create " + file_path));
   const hid_t root = file.get();
   // hardening (disk full): a failed H5Fclose in libhdf5 1.10 leaves a dangling file ID that

@@ -145,6 +145,7 @@ void edit_dump(const std::string& path, bool bump_schema, const char* drop_link)
   }
   if (drop_link) H5Ldelete(f, drop_link, H5P_DEFAULT);
   H5Fclose(f);
+  ds4::reseal_dump(path);  // an edited dump keeps a valid DS4 header: the reader's own checks run
 }
 
 const Files& files() {
@@ -195,6 +196,9 @@ const Files& files() {
     const std::string dump = slurp(d + "good.h5");
     spit(d + "dump-truncated.h5", dump.substr(0, dump.size() / 2));
     spit(d + "dump-text.h5", "not hdf5\n");
+    std::string flipped = dump;
+    flipped[flipped.size() * 2 / 3] ^= 0x10;  // one bit, inside the HDF5 body
+    spit(d + "dump-bitflip.h5", flipped);
     fs::copy_file(d + "good.h5", d + "dump-schema2.h5");
     edit_dump(d + "dump-schema2.h5", true, nullptr);
     fs::copy_file(d + "good.h5", d + "dump-no-order.h5");
@@ -290,6 +294,7 @@ const std::vector<Row>& rows() {
       {"dump (`diff A.h5 B.h5`)", "missing file", Tool::Parity, {"diff", "{DIR}/nope.h5", "{DIR}/good.h5"}, {}, {"{DIR}/nope.h5"}, "diff"},
       {"dump (`diff A.h5 B.h5`)", "not HDF5", Tool::Parity, {"diff", "{DIR}/good.h5", "{DIR}/dump-text.h5"}, {}, {"dump-text.h5", "HDF5"}, "diff"},
       {"dump (`diff A.h5 B.h5`)", "truncated", Tool::Parity, {"diff", "{DIR}/dump-truncated.h5", "{DIR}/good.h5"}, {}, {"dump-truncated.h5"}, "diff"},
+      {"dump (`diff A.h5 B.h5`)", "one bit flipped", Tool::Parity, {"diff", "{DIR}/good.h5", "{DIR}/dump-bitflip.h5"}, {}, {"dump-bitflip.h5", "checksum"}, "diff"},
       {"dump (`diff A.h5 B.h5`)", "schema version 2", Tool::Parity, {"diff", "{DIR}/dump-schema2.h5", "{DIR}/good.h5"}, {}, {"dump-schema2.h5", "schema version 2", "regenerate"}, "diff"},
       {"dump (`diff A.h5 B.h5`)", "a required dataset missing", Tool::Parity, {"diff", "{DIR}/good.h5", "{DIR}/dump-no-order.h5"}, {}, {"dump-no-order.h5", "tap_order_name"}, "diff"},
       // ---- parity config (ds4-parity gate --config) ----

@@ -517,6 +517,14 @@ TEST(DumpFile, H5dumpReadsIt) {
   EXPECT_NE(text2.find("(0): 0, 1, 2, 3, 4, 5"), std::string::npos) << text2;
 }
 
+// File-creation properties with the 512-byte user block a sealable dump needs (a property list
+// leaked per call: a handful per test run).
+hid_t userblock_fcpl() {
+  const hid_t p = H5Pcreate(H5P_FILE_CREATE);
+  H5Pset_userblock(p, 512);
+  return p;
+}
+
 TEST(DumpReader, RefusesBadFiles) {
   const std::string good = fresh_path("good.h5");
   {
@@ -532,7 +540,34 @@ TEST(DumpReader, RefusesBadFiles) {
   const std::string text = fresh_path("not_hdf5.h5");
   std::ofstream(text) << "this is not an HDF5 file\n";
   EXPECT_EQ(error_of([&] { ds4::DumpReader::open(text); }),
-            text + ": not a readable HDF5 dump (no HDF5 signature)");
+            text + ": not a readable HDF5 dump (no DS4 dump header: not a file written by ds4-parity)");
+  // An HDF5 file without the header (another program's, or a dump from before the header).
+  const std::string bare = fresh_path("bare.h5");
+  H5Fclose(H5Fcreate(bare.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
+  EXPECT_EQ(error_of([&] { ds4::DumpReader::open(bare); }),
+            bare + ": not a readable HDF5 dump (an HDF5 file without the DS4 dump header: written "
+                   "by another program, or a dump from before the header; regenerate it with "
+                   "`ds4-parity run ...`)");
+  EXPECT_NE(error_of([&] { ds4::reseal_dump(bare); }).find("superblock is at byte 0"), std::string::npos);
+  // One flipped bit anywhere after the header.
+  const std::string flipped = fresh_path("flipped.h5");
+  fs::copy_file(good, flipped);
+  {
+    std::fstream f(flipped, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(fs::file_size(flipped) * 2 / 3));
+    const int c = f.get();
+    f.seekp(static_cast<std::streamoff>(fs::file_size(flipped) * 2 / 3));
+    f.put(static_cast<char>(c ^ 0x10));
+  }
+  EXPECT_EQ(error_of([&] { ds4::DumpReader::open(flipped); }),
+            flipped + ": not a readable HDF5 dump (checksum mismatch: the file was changed after "
+                      "it was written)");
+  // Bytes appended.
+  const std::string longer = fresh_path("extended.h5");
+  fs::copy_file(good, longer);
+  std::ofstream(longer, std::ios::app | std::ios::binary) << "x";
+  EXPECT_NE(error_of([&] { ds4::DumpReader::open(longer); }).find("(extended: the header says "),
+            std::string::npos);
   // Truncated: the superblock survives, the rest does not.
   const std::string cut = fresh_path("truncated.h5");
   fs::copy_file(good, cut);
@@ -545,7 +580,7 @@ TEST(DumpReader, RefusesBadFiles) {
   // Wrong schema version, written with the HDF5 API directly.
   const std::string v7 = fresh_path("schema7.h5");
   {
-    hid_t f = H5Fcreate(v7.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t f = H5Fcreate(v7.c_str(), H5F_ACC_TRUNC, userblock_fcpl(), H5P_DEFAULT);
     ASSERT_GE(f, 0);
     hid_t sp = H5Screate(H5S_SCALAR);
     hid_t a = H5Acreate2(f, "schema_version", H5T_STD_I32LE, sp, H5P_DEFAULT, H5P_DEFAULT);
@@ -562,13 +597,14 @@ TEST(DumpReader, RefusesBadFiles) {
     H5Sclose(sp);
     H5Fclose(f);
   }
+  ds4::reseal_dump(v7);
   EXPECT_EQ(error_of([&] { ds4::DumpReader::open(v7); }),
             v7 + ": dump schema version 7 is not supported (this build reads 1); regenerate it "
                  "with `scripts/make_dumps.sh tiny`");
   // Same with a fixed-length ASCII command line (as numpy bytes from h5py would store it).
   const std::string v2 = fresh_path("schema2.h5");
   {
-    hid_t f = H5Fcreate(v2.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t f = H5Fcreate(v2.c_str(), H5F_ACC_TRUNC, userblock_fcpl(), H5P_DEFAULT);
     hid_t sp = H5Screate(H5S_SCALAR);
     hid_t a = H5Acreate2(f, "schema_version", H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
     const int64_t two = 2;
@@ -585,12 +621,14 @@ TEST(DumpReader, RefusesBadFiles) {
     H5Sclose(sp);
     H5Fclose(f);
   }
+  ds4::reseal_dump(v2);
   EXPECT_EQ(error_of([&] { ds4::DumpReader::open(v2); }),
             v2 + ": dump schema version 2 is not supported (this build reads 1); regenerate it "
                  "with `ds4-parity run --mode plain`");
   // An HDF5 file that is not a dump at all.
   const std::string other = fresh_path("other.h5");
-  H5Fclose(H5Fcreate(other.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
+  H5Fclose(H5Fcreate(other.c_str(), H5F_ACC_TRUNC, userblock_fcpl(), H5P_DEFAULT));
+  ds4::reseal_dump(other);
   EXPECT_EQ(error_of([&] { ds4::DumpReader::open(other); }),
             other +
                 ": not a DS4 tap dump (root attribute 'schema_version' is missing); "
@@ -603,6 +641,7 @@ TEST(DumpReader, RefusesBadFiles) {
     hid_t f = H5Fopen(p.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
     damage(f);
     H5Fclose(f);
+    ds4::reseal_dump(p);
     return p;
   };
   const std::string no_hash =

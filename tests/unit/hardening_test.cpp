@@ -213,13 +213,15 @@ TEST(FuzzRegression, EnvironmentNameWithControlBytes) {
 }
 
 TEST(FuzzRegression, DumpReaderNeverHangsOnACorruptGlobalHeap) {
-  // libhdf5 1.10 loops forever on a global heap collection with a zero-size free-space entry;
-  // DumpReader::open refuses such a file before HDF5 reads it.
+  // libhdf5 1.10 loops forever on a global heap collection with a zero-size free-space entry.
+  // DumpReader::open refuses such files before HDF5 reads them: first by the DS4 header (these
+  // inputs have none, like any file not written by DumpWriter), and behind it by a scan of the
+  // global heaps.
   for (const std::string& in : regression_inputs("dump")) {
     within_seconds(60, [&] {
       const std::string m = one_error([&] { ds4::DumpReader::open(in); });
       EXPECT_NE(m, "") << in << " opened";
-      EXPECT_NE(m.find("corrupt"), std::string::npos) << m;
+      EXPECT_NE(m.find("not a readable HDF5 dump ("), std::string::npos) << m;
       EXPECT_EQ(m.find('\n'), std::string::npos);
     }, in);
   }
@@ -253,6 +255,7 @@ TEST(FuzzRegression, DumpReaderRefusesExtentsLargerThanTheFile) {
   H5Pclose(dcpl);
   H5Sclose(space);
   H5Fclose(f);
+  ds4::reseal_dump(path);  // past the DS4 header check: the reader's size check must catch it
   const std::string m = one_error([&] { ds4::DumpReader::open(path); });
   EXPECT_NE(m.find("tokens"), std::string::npos) << m;
   EXPECT_NE(m.find("more than the whole file"), std::string::npos) << m;

@@ -100,6 +100,13 @@ class DumpWriter : public TapSink {
   std::unique_ptr<Impl> impl_;
 };
 
+// Every dump starts with a 512-byte DS4 header (an HDF5 user block: h5py and h5dump skip it)
+// holding the file length and a checksum, which DumpReader checks before libhdf5 parses the file
+// (dumps/SCHEMA.md, "File envelope"). A tool that edits a dump in place with the HDF5 API must
+// reseal it afterwards; a file made with the HDF5 API needs a 512-byte user block
+// (H5Pset_userblock) to be sealable. Throws ds4::Error naming the file.
+void reseal_dump(const std::string& path);
+
 // One stored row, as handed to DumpReader::for_each_row. `data` is empty when the dump is
 // stats-only (has_data false) and only valid during the callback.
 struct DumpRow {
