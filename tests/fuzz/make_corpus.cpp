@@ -215,14 +215,17 @@ void dump_seeds(const std::string& dir) {
       if (c.taps) capture(w);
       w.finish();
     }
-    put("dump", c.name, slurp(path));
-    if (std::string(c.name) == "full") {
-      const std::string bytes = slurp(path);
-      put("dump", "full_truncated", bytes.substr(0, bytes.size() * 3 / 4));
+    for (const char* target : {"dump", "dump_body"}) {
+      put(target, c.name, slurp(path));
+      if (std::string(c.name) == "full") {
+        const std::string bytes = slurp(path);
+        put(target, "full_truncated", bytes.substr(0, bytes.size() * 3 / 4));
+      }
     }
     fs::remove(path);
   }
   put("dump", "not_hdf5", "\x89HDF\r\n\x1a\n garbage");
+  put("dump_body", "not_hdf5", "\x89HDF\r\n\x1a\n garbage");
 }
 
 // ---- string parsers ----
