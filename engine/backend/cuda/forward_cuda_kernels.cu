@@ -19,8 +19,12 @@ void* device_malloc_or_null(size_t bytes) noexcept {
 void device_free(void* p) noexcept {
   if (p) (void)cudaFree(p);
 }
+// Pageable host -> device with cudaMemcpyAsync: the source is copied to a staging buffer before
+// the call returns (so the caller may free it), and unlike cudaMemcpy no device synchronisation
+// is performed first: the forward's small uploads (positions, candidate lists, routing) do not
+// drain the queue.
 void copy_h2d(void* dst, const void* src, size_t bytes) {
-  if (bytes) check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "forward: cudaMemcpy H2D");
+  if (bytes) check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, 0), "forward: cudaMemcpyAsync H2D");
 }
 void copy_d2h(void* dst, const void* src, size_t bytes) {
   if (bytes) check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "forward: cudaMemcpy D2H");
