@@ -1,9 +1,16 @@
 // GGUF v3 writer. Metadata and tensors are held in memory in insertion order; write() streams
-// them to "<path>.tmp" and renames it over <path> only once every byte (and the close) has
-// succeeded, so readers never see a partial file and a failed write leaves nothing behind.
+// them to "<path>.tmp.<pid>.<n>" and renames it over <path> only once every byte (and the close)
+// has succeeded, so readers never see a partial file and a failed write leaves nothing behind.
+// The temporary's name is unique per process and call: writers racing to create the same file
+// (test programs generating a shared model on first use) each rename a complete file of their
+// own; with a shared temporary one would rename the other's half-written bytes into place.
+#include <unistd.h>
+
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <map>
 
 #include "ds4/error.h"
@@ -301,11 +308,18 @@ size_t GgufWriter::tensor_count() const { return impl_->tensors.size(); }
 
 void GgufWriter::write(const std::string& path) const {
   const uint32_t align = impl_->alignment();
-  const std::string tmp = path + ".tmp";
+  static std::atomic<uint64_t> calls{0};
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(calls++);
+  {
+    const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+    std::error_code ec;
+    if (!parent.empty() && !std::filesystem::is_directory(parent, ec))
+      fail(path + ": cannot create: folder '" + parent.string() + "' does not exist");
+  }
   int err = 0;
   {
     Output out(tmp);
-    if (!out.opened()) fail(path + ": cannot create " + tmp + ": " + std::strerror(out.error()));
+    if (!out.opened()) fail(path + ": cannot create: " + std::strerror(out.error()));
     impl_->write_all(out, align);
     err = out.close();
   }

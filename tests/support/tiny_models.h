@@ -15,7 +15,8 @@ inline std::string tiny_model_path(const std::string& mix, bool mtp = false) {
     SynthOptions o;
     o.quant_mix = mix;
     o.mtp = mtp;
-    write_synth_model(o, path);  // atomic: concurrent test programs never see a partial file
+    write_synth_model(o, path);  // a private temporary renamed into place: concurrent first
+                                     // uses by several test programs each write a whole file
   }
   return path;
 }

@@ -8,6 +8,9 @@
 #include "ds4/gguf.h"
 
 #include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/resource.h>
@@ -680,6 +683,37 @@ TEST(GgufWriterBad, IoErrorLeavesNoTmpAndKeepsOldFile) {
   EXPECT_FALSE(fs::exists(path + ".tmp"));
   EXPECT_EQ(read_file(path), (std::vector<uint8_t>{'o', 'l', 'd'}));
   EXPECT_EQ(dir.entries(), 1u);
+}
+
+// Writers racing to create the same file (test programs generating a shared model on first use)
+// must each rename a complete file: with one shared "<path>.tmp", one writer renamed the other's
+// half-written bytes into place (the cause of a CI failure in a clean build folder).
+TEST(GgufWriter, ConcurrentWritersOfOnePathEachRenameAWholeFile) {
+  TempDir dir;
+  const std::string path = dir.file("shared.gguf");
+  GgufWriter w;
+  w.set_u32("k", 7);
+  std::vector<uint8_t> big(4 << 20);
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<uint8_t>(i * 131 + 7);
+  w.add_tensor("big", {int64_t(big.size() / 4)}, QType::F32, big.data(), big.size());
+  for (int round = 0; round < 4; ++round) {
+    std::vector<std::thread> writers;
+    std::atomic<int> failures{0};
+    for (int t = 0; t < 6; ++t)
+      writers.emplace_back([&] {
+        try {
+          w.write(path);
+        } catch (const ds4::Error&) {
+          ++failures;
+        }
+      });
+    for (auto& t : writers) t.join();
+    EXPECT_EQ(failures.load(), 0);
+    auto f = GgufFile::open(path);
+    ASSERT_EQ(f->tensors().size(), 1u);
+    EXPECT_EQ(std::memcmp(f->tensor("big").data, big.data(), big.size()), 0);
+    EXPECT_EQ(dir.entries(), 1u) << "a temporary was left behind";
+  }
 }
 
 TEST(GgufWriterBad, RenameFailureRemovesTmp) {
