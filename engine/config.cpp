@@ -235,6 +235,19 @@ struct ArgWalker {
   }
 };
 
+// The flags ds4-synth and ds4-convert share: --quant MIX (checked at once) and -o/--output.
+bool model_writer_flag(ArgWalker& w, std::string* quant_mix, std::string* output) {
+  if (w.flag == "--quant") {
+    *quant_mix = w.value();
+    QuantMix::by_name(*quant_mix);  // reject an unknown mix before anything else
+  } else if (w.flag == "-o" || w.flag == "--output") {
+    *output = w.value();
+  } else {
+    return false;
+  }
+  return true;
+}
+
 template <class T>
 T parse_count(const std::string& flag, const std::string& text) {
   T v{};
@@ -270,11 +283,9 @@ SynthCli parse_synth_cli(int argc, char** argv) {
     if (a == "-h" || a == "--help") {
       c.help = true;
       return c;
+    } else if (model_writer_flag(w, &c.opt.quant_mix, &c.output)) {  // --quant, -o
     } else if (a == "--preset") {
       c.opt.preset = w.value();
-    } else if (a == "--quant") {
-      c.opt.quant_mix = w.value();
-      QuantMix::by_name(c.opt.quant_mix);  // reject an unknown mix before anything else
     } else if (a == "--seed") {
       c.opt.seed = parse_count<uint64_t>(a, w.value());
     } else if (a == "--layers") {
@@ -289,8 +300,6 @@ SynthCli parse_synth_cli(int argc, char** argv) {
       c.opt.n_threads = parse_count<unsigned>(a, w.value());
     } else if (a == "--mtp") {
       c.opt.mtp = true;
-    } else if (a == "-o" || a == "--output") {
-      c.output = w.value();
     } else {
       fail("unknown argument '" + a + "' (see --help)");
     }
@@ -316,13 +325,9 @@ ConvertCli parse_convert_cli(int argc, char** argv) {
     if (a == "-h" || a == "--help") {
       c.help = true;
       return c;
+    } else if (model_writer_flag(w, &c.opt.quant_mix, &c.opt.output)) {  // --quant, -o
     } else if (a == "--config") {
       c.opt.config = w.value();
-    } else if (a == "--quant") {
-      c.opt.quant_mix = w.value();
-      QuantMix::by_name(c.opt.quant_mix);
-    } else if (a == "-o" || a == "--output") {
-      c.opt.output = w.value();
     } else if (!a.empty() && a[0] == '-') {
       fail("unknown argument '" + a + "' (see --help)");
     } else if (c.opt.input.empty()) {
