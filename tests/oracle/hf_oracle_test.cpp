@@ -5,69 +5,24 @@
 // forward and by 320 decodes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
-#include <set>
-#include <algorithm>
 #include <functional>
+#include <set>
 
-#include "ds4/convert.h"
+#include "../support/hf_fixture.h"
 #include "ds4/engine.h"
 
 namespace {
 
-const std::string kFixture = std::string(DS4_SOURCE_DIR) + "/tests/fixtures/hf-tiny";
-
-template <typename T>
-std::vector<T> read_binary(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  EXPECT_TRUE(f.good()) << path;
-  f.seekg(0, std::ios::end);
-  const size_t n = static_cast<size_t>(f.tellg());
-  f.seekg(0);
-  std::vector<T> v(n / sizeof(T));
-  f.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(T)));
-  return v;
-}
-
-std::shared_ptr<ds4::Model> converted_model() {
-  const std::string out = std::string(DS4_BINARY_DIR) + "/test-models/hf-tiny-f32.gguf";
-  std::filesystem::create_directories(std::filesystem::path(out).parent_path());
-  ds4::ConvertOptions o;
-  o.input = kFixture + "/model.safetensors";
-  o.config = kFixture + "/config.json";
-  o.quant_mix = "f32";
-  o.output = out;
-  ds4::convert_hf_to_gguf(o);
-  return ds4::Model::load(out);
-}
-
-struct Comparison {
-  double max_abs = 0;
-  int64_t argmax_mismatch = 0;
-  int64_t worst_pos = -1;
-};
+using Comparison = ds4::testing::HfComparison;
+using ds4::testing::kHfFixture;
+using ds4::testing::read_binary;
 
 Comparison compare(const std::vector<float>& ours, const std::vector<double>& ref, int64_t V) {
-  Comparison c;
-  const int64_t T = static_cast<int64_t>(ref.size()) / V;
-  for (int64_t t = 0; t < T; ++t) {
-    int64_t a = 0, b = 0;
-    for (int64_t v = 0; v < V; ++v) {
-      const double d = std::fabs(static_cast<double>(ours[t * V + v]) - ref[t * V + v]);
-      if (d > c.max_abs) {
-        c.max_abs = d;
-        c.worst_pos = t;
-      }
-      if (ours[t * V + v] > ours[t * V + a]) a = v;
-      if (ref[t * V + v] > ref[t * V + b]) b = v;
-    }
-    c.argmax_mismatch += (a != b);
-  }
-  return c;
+  return ds4::testing::compare_logits(ours, ref, V);
 }
 
 std::vector<float> run_batched(const std::shared_ptr<ds4::Model>& model, const std::vector<int32_t>& tokens,
@@ -87,18 +42,15 @@ std::vector<float> run_decodes(const std::shared_ptr<ds4::Model>& model, const s
   return out;
 }
 
-void report(const char* what, const Comparison& c) {
-  std::printf("[oracle] %s: max-abs %.3g (position %lld), argmax mismatches %lld/320\n", what, c.max_abs,
-              static_cast<long long>(c.worst_pos), static_cast<long long>(c.argmax_mismatch));
-}
+void report(const char* what, const Comparison& c) { ds4::testing::report_hf(what, c); }
 
 class HfOracle : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    model_ = converted_model();
-    tokens_ = read_binary<int32_t>(kFixture + "/tokens.i32");
-    fp64_ = read_binary<double>(kFixture + "/logits_cpu_fp64.f64");
-    for (float v : read_binary<float>(kFixture + "/logits_step.f32")) step_.push_back(v);
+    model_ = ds4::testing::hf_tiny_f32_model();
+    tokens_ = read_binary<int32_t>(kHfFixture + "/tokens.i32");
+    fp64_ = read_binary<double>(kHfFixture + "/logits_cpu_fp64.f64");
+    for (float v : read_binary<float>(kHfFixture + "/logits_step.f32")) step_.push_back(v);
   }
   static inline std::shared_ptr<ds4::Model> model_;
   static inline std::vector<int32_t> tokens_;

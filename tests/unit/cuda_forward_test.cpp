@@ -1,7 +1,8 @@
 // The CUDA forward (Session with Backend::Cuda) on the tiny synthetic ds4-mix model:
 //   a. GPU N=1 decode vs CPU N=1 decode: every tap within the declared tier over 128 positions,
 //      teacher-forced greedy argmax equal over 320 positions;
-//   b. strict (all gates exact) batched forward bit-equal to N GPU decodes: logits, every tap, state;
+//   b. strict (all gates exact) batched forward bit-equal to N GPU decodes: logits, every tap, state
+//      (on the ds4 mix, and on the F32 mix in both profiles);
 //   c. determinism; d. each gate alone fast (verdict table); e. the OOM path (DS4_CUDA_MEM_LIMIT_MB).
 // Skips (GTEST_SKIP) without a CUDA device or without -DDS4_CUDA=ON.
 #include <gtest/gtest.h>
@@ -15,6 +16,7 @@
 #include <set>
 #include <tuple>
 
+#include "../support/hf_fixture.h"
 #include "../support/tiny_models.h"
 #include "ds4/cuda_backend.h"
 #include "ds4/engine.h"
@@ -23,37 +25,13 @@
 
 namespace {
 
+using ds4::testing::bytes_equal;
+using ds4::testing::expect_strict_batched_equals_decodes;
 using ds4::testing::pseudo_tokens;
+using ds4::testing::RecordingSink;
 using ds4::testing::tiny_model_path;
 
-class RecordingSink : public ds4::TapSink {
- public:
-  using Key = std::tuple<int, std::string, int64_t>;
-  std::map<Key, std::vector<float>> taps;
-  std::map<Key, std::string> variants;
-  void tap(int layer, const char* name, int64_t pos, const float* data, size_t n, const char* variant) override {
-    const Key k{layer, name, pos};
-    auto& v = taps[k];
-    EXPECT_TRUE(v.empty()) << "tap written twice: " << layer << " " << name << " " << pos;
-    v.assign(data, data + n);
-    variants[k] = variant ? variant : "";
-  }
-  bool used_variant(const std::string& v) const {
-    for (const auto& [k, s] : variants)
-      if (s == v) return true;
-    return false;
-  }
-};
-
-bool bytes_equal(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
-}
-
-double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  double m = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) m = std::max(m, std::fabs(double(a[i]) - double(b[i])));
-  return m;
-}
+using ds4::testing::max_abs_diff;
 
 class CudaForward : public ::testing::Test {
  protected:
@@ -167,45 +145,27 @@ TEST_F(CudaForward, DecodeMatchesCpuWithinTier) {
 // (b) strict batched == N GPU decodes, bit for bit. N=128 and 300 pass the indexer's top-k (16)
 // so indexed attention is active; 300 also spans two cache chunks and wraps the ring.
 TEST_F(CudaForward, StrictBatchedBitEqualToDecodes) {
+  ds4::SessionOptions o;
+  o.max_ctx = 1024;
   const auto tokens = pseudo_tokens(400, static_cast<int>(model_->hparams().n_vocab), 11);
-  struct Case { int prefix, n; };
-  for (const Case c : {Case{0, 2}, Case{0, 4}, Case{0, 16}, Case{0, 128}, Case{0, 300}, Case{70, 40}, Case{3, 5}}) {
-    auto a = session(ds4::Backend::Cuda);
-    auto b = session(ds4::Backend::Cuda);
-    for (int i = 0; i < c.prefix; ++i) {
-      a->decode(tokens[i]);
-      b->decode(tokens[i]);
-    }
-    RecordingSink sa, sb;
-    a->set_tap_sink(&sa);
-    b->set_tap_sink(&sb);
-    const std::span<const int32_t> t(tokens.data() + c.prefix, c.n);
-    const auto la = a->forward(t);
-    std::vector<float> lb;
-    for (int32_t x : t) {
-      const auto l = b->decode(x);
-      lb.insert(lb.end(), l.begin(), l.end());
-    }
-    int tap_diff = 0;
-    for (const auto& [k, v] : sb.taps) {
-      auto it = sa.taps.find(k);
-      if (it == sa.taps.end() || !bytes_equal(v, it->second)) {
-        if (tap_diff++ < 5)
-          ADD_FAILURE() << "N=" << c.n << " tap differs: " << std::get<0>(k) << " " << std::get<1>(k) << " pos "
-                        << std::get<2>(k);
-      }
-    }
-    const bool logits_eq = bytes_equal(la, lb);
-    const bool state_eq = ds4::Session::states_equal(*a->snapshot(), *b->snapshot());
-    bool indexed = false;
-    for (const auto& [k, v] : sb.taps) indexed |= std::get<1>(k) == "attn_dispatch" && v[0] == 1.0f;
-    std::printf("strict N=%d (prefix %d): logits %s, taps %zu (%d differ), state %s, indexed attention %s\n", c.n,
-                c.prefix, logits_eq ? "EQUAL" : "DIFF", sb.taps.size(), tap_diff, state_eq ? "EQUAL" : "DIFF",
-                indexed ? "active" : "inactive");
-    EXPECT_EQ(sa.taps.size(), sb.taps.size());
-    EXPECT_TRUE(logits_eq) << "N=" << c.n << " max_abs " << max_abs_diff(la, lb);
-    EXPECT_TRUE(state_eq) << "N=" << c.n;
-  }
+  expect_strict_batched_equals_decodes(model_, o, tokens, {{0, 2}, {0, 4}, {0, 16}, {0, 128}, {0, 300}, {70, 40}, {3, 5}},
+                                       "ds4-mix");
+}
+
+// (b') the same on the F32 mix: every matrix F32, so the routed experts take the generic path
+// (moe__matvec_exact, one CudaMatrix per expert), in the ds4 profile (FP8/FP4 storage numerics)
+// and in the plain profile (F32 storage, no QAT), with the default and the torch tie rule.
+TEST_F(CudaForward, StrictBatchedBitEqualToDecodesF32Mix) {
+  const auto f32 = ds4::Model::load(tiny_model_path("f32"));
+  ds4::SessionOptions o;
+  o.max_ctx = 1024;
+  const auto tokens = pseudo_tokens(400, static_cast<int>(f32->hparams().n_vocab), 11);
+  expect_strict_batched_equals_decodes(f32, o, tokens, {{0, 2}, {0, 16}, {0, 128}}, "f32-mix ds4");
+  o.profile = ds4::Profile::Plain;
+  expect_strict_batched_equals_decodes(f32, o, tokens, {{0, 2}, {0, 16}, {0, 128}}, "f32-mix plain");
+  o.topk_ties = ds4::TopkTies::TorchCpu;
+  o.torch_queue_len = 128 / 4;
+  expect_strict_batched_equals_decodes(f32, o, tokens, {{0, 128}}, "f32-mix plain torch-ties");
 }
 
 // Snapshot/restore round trip, and restore of a CPU state into a GPU session: the GPU state after
@@ -318,8 +278,16 @@ TEST_F(CudaForward, OutOfMemoryIsAnError) {
 TEST_F(CudaForward, UnsupportedOptionsAreOneLineErrors) {
   ds4::SessionOptions o;
   o.backend = ds4::Backend::Cuda;
-  o.profile = ds4::Profile::Plain;
-  EXPECT_THROW(ds4::Session(model_, o), ds4::Error);
+  o.profile = ds4::Profile::Plain;  // the ds4 mix has Q8_0 matrices: no CUDA kernel has plain numerics
+  std::string msg;
+  try {
+    ds4::Session s(model_, o);
+  } catch (const ds4::Error& e) {
+    msg = e.what();
+  }
+  std::printf("plain on the ds4 mix: %s\n", msg.c_str());
+  EXPECT_NE(msg.find("the plain profile needs F32/F16 weights"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
   auto s = session(ds4::Backend::Cuda);
   s->decode(1);
   EXPECT_THROW(s->mtp_draft(2), ds4::Error);

@@ -114,13 +114,58 @@ DMat make_mat(const WeightRef& r, int64_t groups, const std::string& what, size_
 
 DevMem vec(const Vec& v, const std::string& what) { return v.empty() ? DevMem() : upload_vec(v, what); }
 
-DevMem raw_tensor(const WeightRef& r, QType want, const std::string& what, size_t* total) {
-  if (r.type != want)
-    fail("CUDA forward: routed experts must be IQ2_XXS gate/up + Q2_K down (the ds4 quant mix); " + what +
-         " is " + qtype_name(r.type));
+DevMem raw_tensor(const WeightRef& r, const std::string& what, size_t* total) {
   const size_t bytes = static_cast<size_t>(r.n_mat) * r.out * r.row_bytes;
   *total += bytes;
   return upload(r.data, bytes, what);
+}
+
+// The routed experts of a layer: the ds4 mix (IQ2_XXS gate/up + Q2_K down) as raw bytes for
+// ds4::cuda::moe, anything else as one CudaMatrix per expert slice (Q8_0/F16/F32 only: another
+// type, or a mix of ds4 and other types, is a one-line error from cuda_type).
+void upload_experts(const LayerWeights& L, const std::string& p, DLayer* D, size_t* total) {
+  D->ds4_experts = L.gate_exps.type == QType::IQ2_XXS && L.up_exps.type == QType::IQ2_XXS &&
+                   L.down_exps.type == QType::Q2_K;
+  if (D->ds4_experts) {
+    D->gate_exps = raw_tensor(L.gate_exps, p + "ffn_gate_exps", total);
+    D->up_exps = raw_tensor(L.up_exps, p + "ffn_up_exps", total);
+    D->down_exps = raw_tensor(L.down_exps, p + "ffn_down_exps", total);
+    return;
+  }
+  for (int64_t e = 0; e < L.gate_exps.n_mat; ++e) {
+    const std::string x = std::to_string(e);
+    D->gate_e.push_back(make_mat(L.gate_exps.expert(e), 1, p + "ffn_gate_exps." + x, total));
+    D->up_e.push_back(make_mat(L.up_exps.expert(e), 1, p + "ffn_up_exps." + x, total));
+    D->down_e.push_back(make_mat(L.down_exps.expert(e), 1, p + "ffn_down_exps." + x, total));
+  }
+}
+
+// Profile::Plain multiplies F32 activations by the weights as stored (matvec_ref: F32 and F16
+// dots; quantised types dequantised row by row). The CUDA kernels for Q8_0 weights and the ds4
+// expert kernels (IQ2_XXS/Q2_K) quantise the activations (Q8_0 / Q8_K), so no CUDA kernel has the
+// plain numerics for them: plain on CUDA runs F32/F16 weights only, and refuses the rest.
+void check_plain_types(const ModelWeights& w, uint32_t n_layer) {
+  auto check = [](const WeightRef& r, const std::string& what) {
+    if (r && r.type != QType::F32 && r.type != QType::F16)
+      fail("--backend cuda: the plain profile needs F32/F16 weights (its CUDA kernels for " +
+           std::string(qtype_name(r.type)) + " quantise the activations); " + what + " is " + qtype_name(r.type));
+  };
+  for (uint32_t il = 0; il < n_layer; ++il) {
+    const LayerWeights& L = w.layers[il];
+    const std::string p = "blk." + std::to_string(il) + ".";
+    const std::pair<const WeightRef*, const char*> mats[] = {
+        {&L.hc_attn_fn, "hc_attn_fn"}, {&L.hc_ffn_fn, "hc_ffn_fn"}, {&L.q_a, "attn_q_a"}, {&L.q_b, "attn_q_b"},
+        {&L.kv, "attn_kv"}, {&L.out_a, "attn_output_a"}, {&L.out_b, "attn_output_b"},
+        {&L.comp_kv, "attn_compressor_kv"}, {&L.comp_gate, "attn_compressor_gate"},
+        {&L.idx_q_b, "indexer.attn_q_b"}, {&L.idx_proj, "indexer.proj"},
+        {&L.idx_comp_kv, "indexer_compressor_kv"}, {&L.idx_comp_gate, "indexer_compressor_gate"},
+        {&L.router, "ffn_gate_inp"}, {&L.gate_sh, "ffn_gate_shexp"}, {&L.up_sh, "ffn_up_shexp"},
+        {&L.down_sh, "ffn_down_shexp"}, {&L.gate_exps, "ffn_gate_exps"}, {&L.up_exps, "ffn_up_exps"},
+        {&L.down_exps, "ffn_down_exps"}};
+    for (const auto& [r, name] : mats) check(*r, p + name);
+  }
+  check(w.output, "output");
+  check(w.output_hc_fn, "output_hc_fn");
 }
 
 std::shared_ptr<DeviceWeights> build_weights(const Model& model) {
@@ -163,9 +208,7 @@ std::shared_ptr<DeviceWeights> build_weights(const Model& model) {
     D.comp_norm = vec(L.comp_norm, p + "attn_compressor_norm");
     D.idx_comp_ape = vec(L.idx_comp_ape, p + "indexer_compressor_ape");
     D.idx_comp_norm = vec(L.idx_comp_norm, p + "indexer_compressor_norm");
-    D.gate_exps = raw_tensor(L.gate_exps, QType::IQ2_XXS, p + "ffn_gate_exps", &tot);
-    D.up_exps = raw_tensor(L.up_exps, QType::IQ2_XXS, p + "ffn_up_exps", &tot);
-    D.down_exps = raw_tensor(L.down_exps, QType::Q2_K, p + "ffn_down_exps", &tot);
+    upload_experts(L, p, &D, &tot);
     dw->layers.push_back(std::move(D));
   }
   dw->output = make_mat(w.output, 1, "output", &tot);
@@ -208,10 +251,7 @@ std::shared_ptr<DeviceWeights> device_weights_for(const std::shared_ptr<const Mo
 
 Impl::Impl(std::shared_ptr<const Model> model, const SessionOptions& opt, TapSink** taps)
     : model_(std::move(model)), hp(model_->hparams()), w(model_->weights()), opt_(opt), taps_(taps) {
-  if (opt_.profile != Profile::Ds4)
-    fail("--backend cuda: only the ds4 numerics profile runs on CUDA (got '" + std::string(profile_name(opt_.profile)) + "')");
-  if (opt_.topk_ties != TopkTies::LowerIndex)
-    fail("--backend cuda: top-k ties torch_cpu (the HF oracle's) are CPU-only");
+  if (opt_.profile == Profile::Plain) check_plain_types(w, hp.n_layer);
   if (hp.head_dim % 32 != 0 || hp.head_dim > 512)
     fail("--backend cuda: head_dim " + std::to_string(hp.head_dim) + " unsupported (multiple of 32, <= 512)");
   set_mem_limit(cuda_forward_mem_limit_bytes());

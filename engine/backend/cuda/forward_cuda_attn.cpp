@@ -6,11 +6,15 @@
 // candidate list (raw positions p-window+1..p, then the compressed rows it sees: all of them, or
 // the indexer's top-k in top-k order) exactly as its decode would. The attention, indexer and
 // top-k kernels are row-independent (one block per row), so per row bit-equal to N = 1.
+// Storage numerics follow the profile (attention_layer.cpp's Profile::Ds4 branches): ds4 rounds
+// KV rows through FP8 + F16 and indexer rows/queries through Hadamard + FP4 (+ F16); plain keeps
+// every stored row in F32.
 #include <algorithm>
 #include <cmath>
 
 #include "backend/cuda/forward_cuda_impl.h"
 #include "ds4/error.h"
+#include "ops/indexer/indexer.h"
 
 namespace ds4::cudafwd {
 
@@ -58,12 +62,13 @@ void Impl::attention_layer(int il, const LayerWeights& L, const DLayer& D, DLaye
   cuda::rope_tail(Q, N, nh, static_cast<int>(hd), n_rot, R.pos, inv_freq, false);
   tap_dev(il, "q", R.pos0, N, Q, nh * hd, v_qb);
 
-  // KV path (ds4 storage numerics: FP8 round trip of the nope part, F16 row).
+  // KV path with the profile's storage numerics: ds4 rounds the nope part through FP8 and the
+  // row to F16; plain keeps F32 (attention_layer.cpp's Profile::Ds4 branch).
   float* KV = buf("KV", N * hd);
   const char* v_kv = linear(D.kv, XN, N, KV);
   cuda::rmsnorm_rows(KV, D.kv_norm.f(), KV, N, hd, hp.eps);
   cuda::rope_tail(KV, N, 1, static_cast<int>(hd), n_rot, R.pos, inv_freq, false);
-  cuda::kv_fp8_roundtrip(KV, N, static_cast<int>(hd), static_cast<int>(hp.nope()), true);
+  if (!plain()) cuda::kv_fp8_roundtrip(KV, N, static_cast<int>(hd), static_cast<int>(hp.nope()), true);
   tap_dev(il, "kv", R.pos0, N, KV, hd, v_kv);
 
   // Compressor and indexer projections (row-independent), APE added to the scores.
@@ -159,10 +164,9 @@ void Impl::attention_chunk(int il, const LayerWeights& L, const DLayer& D, DLaye
     cuda::copy_h2d(dp, rope_pos.data(), k * sizeof(int64_t));
     cuda::rmsnorm_rows(out, (indexer ? D.idx_comp_norm : D.comp_norm).f(), out, k, rw, hp.eps);
     cuda::rope_tail(out, k, 1, static_cast<int>(rw), n_rot, dp, dw_->inv_freq_comp.f(), false);
-    if (indexer)
-      cuda::indexer_qat(out, k, static_cast<int>(rw), true);
-    else
-      cuda::kv_fp8_roundtrip(out, k, static_cast<int>(rw), static_cast<int>(hp.nope()), true);
+    // Storage numerics of the pooled row (compress_row's Profile::Ds4 branch; plain keeps F32).
+    if (!plain() && indexer) cuda::indexer_qat(out, k, static_cast<int>(rw), true);
+    if (!plain() && !indexer) cuda::kv_fp8_roundtrip(out, k, static_cast<int>(rw), static_cast<int>(hp.nope()), true);
     if (tapping()) {
       const char* name = indexer ? "lid_state_compress" : (L.ratio == 4 ? "csa_state_compress" : "hca_state_compress");
       for (int64_t j = 0; j < k; ++j) tap_dev(il, name, emit_pos[j], 1, out + j * rw, rw, "compressor_pool__update");
@@ -233,7 +237,7 @@ void Impl::attention_chunk(int il, const LayerWeights& L, const DLayer& D, DLaye
     float* qi = buf("lid_q", ni * nih * ihd);
     cuda::copy_d2d(qi, QIall + ra * nih * ihd, ni * nih * ihd * sizeof(float));
     cuda::rope_tail(qi, ni, nih, static_cast<int>(ihd), n_rot, R.pos + ra, dw_->inv_freq_comp.f(), false);
-    cuda::indexer_qat(qi, ni * nih, static_cast<int>(ihd), false);
+    if (!plain()) cuda::indexer_qat(qi, ni * nih, static_cast<int>(ihd), false);  // plain: no Hadamard/FP4
     float* wi = WI + ra * nih;
     if (tapping()) {
       for (int64_t j = 0; j < ni; ++j) {
@@ -267,14 +271,20 @@ void Impl::attention_chunk(int il, const LayerWeights& L, const DLayer& D, DLaye
                                                               : cuda::TopkVariant::score_order;
     int32_t* idx = ibuf("topk_idx", ni * top_k);
     int32_t* cnt = ibuf("topk_cnt", ni);
-    cuda::topk(scores, dnvis, ni, S.n_idx, top_k, idx, cnt, tv);
+    const char* v_topk = cuda::variant_name(tv);
+    if (opt_.topk_ties == TopkTies::TorchCpu) {
+      topk_torch_host(scores, S.n_idx, nvis, top_k, idx, cnt);
+      v_topk = "topk__torch_cpu_host";
+    } else {
+      cuda::topk(scores, dnvis, ni, S.n_idx, top_k, idx, cnt, tv);
+    }
     if (*taps_ || opt_.fault.enabled) {
       std::vector<int32_t> hidx(ni * top_k);
       cuda::copy_d2h(hidx.data(), idx, hidx.size() * sizeof(int32_t));
       for (int64_t j = 0; j < ni; ++j) {
         const int c = std::min(top_k, nvis[j]);
         std::vector<float> ids(hidx.begin() + j * top_k, hidx.begin() + j * top_k + c);
-        tap_host(il, "lid_top_k", p0 + i0 + j, ids.data(), ids.size(), cuda::variant_name(tv));
+        tap_host(il, "lid_top_k", p0 + i0 + j, ids.data(), ids.size(), v_topk);
       }
     }
     cuda::cand_indexed(dcand + i0 * max_cand, static_cast<int>(max_cand), dnraw + i0, idx, top_k, cnt, ni,
@@ -305,6 +315,28 @@ void Impl::attention_chunk(int il, const LayerWeights& L, const DLayer& D, DLaye
   const float* inv_freq = L.ratio == 0 ? dw_->inv_freq_main.f() : dw_->inv_freq_comp.f();
   cuda::rope_tail(Oc, nc, nh, static_cast<int>(hd), n_rot, R.pos + r0, inv_freq, true);
   tap_dev(il, "attn_derope", p0, nc, Oc, nh * hd, nullptr, &vname);
+}
+
+// Oracle mode only (TopkTies::TorchCpu, the HF comparison): torch's CPU top-k tie order is
+// reproduced by the CPU's topk_torch_cpu_ref on the downloaded scores, per row over its visible
+// rows with the session's queue length, exactly as attend_row calls it; the selection is the
+// CPU's by construction and, being per row, the same in a batch as in N = 1 decodes. The default
+// tie rule keeps the device top-k (cuda::topk).
+//   scores (n_tok, n_rows) device F32; nvis (n_tok) host; idx (n_tok, top_k) and cnt (n_tok)
+//   device int32 out, as cuda::topk writes them (ascending index order, -1 past the count).
+void Impl::topk_torch_host(const float* scores, int64_t n_rows, const std::vector<int32_t>& nvis, int top_k,
+                           int32_t* idx, int32_t* cnt) {
+  const int64_t n_tok = static_cast<int64_t>(nvis.size());
+  std::vector<float> hs(static_cast<size_t>(n_tok) * n_rows);
+  cuda::copy_d2h(hs.data(), scores, hs.size() * sizeof(float));
+  std::vector<int32_t> hidx(static_cast<size_t>(n_tok) * top_k, -1), hcnt(n_tok);
+  for (int64_t j = 0; j < n_tok; ++j) {
+    const std::vector<int32_t> sel = topk_torch_cpu_ref(&hs[j * n_rows], nvis[j], top_k, opt_.torch_queue_len);
+    hcnt[j] = static_cast<int32_t>(sel.size());
+    std::copy(sel.begin(), sel.end(), hidx.begin() + j * top_k);
+  }
+  cuda::copy_h2d(idx, hidx.data(), hidx.size() * sizeof(int32_t));
+  cuda::copy_h2d(cnt, hcnt.data(), hcnt.size() * sizeof(int32_t));
 }
 
 }  // namespace ds4::cudafwd

@@ -1,7 +1,15 @@
 // The MoE FFN sublayer (ds4-model.md §4.7) and the output head (§4.8) of the CUDA forward;
 // mirrors engine/forward/ffn_layer.cpp. The router's logits are computed on the device and its
 // top-k selection (route_ref, the CPU's) runs on the host over the downloaded N x n_expert
-// logits; the routed experts run in ds4::cuda::moe (IQ2_XXS gate/up, Q2_K down).
+// logits; the routed experts run in ds4::cuda::moe for the ds4 mix (IQ2_XXS gate/up, Q2_K down)
+// and through the exact matmul kernels for any other mix (routed_experts_matvec below).
+//
+// Variants of the routed experts here (style.md rule 3):
+//   moe__decode_lut / moe__expert_tiles  ds4::cuda::moe (ops_cuda.h), the ds4 mix only
+//   moe__matvec_exact                    F32/F16/Q8_0 experts, one CudaMatrix per expert slice:
+//                                        expert_ffn_ref per (row, slot) with the exact matmul
+//                                        kernels, slots summed in slot order; per row bit-equal
+//                                        to N = 1 (the moe_tiles gate does not apply)
 #include <algorithm>
 
 #include "backend/cuda/forward_cuda_impl.h"
@@ -45,26 +53,13 @@ void Impl::ffn_layer(int il, const LayerWeights& L, const DLayer& D, DRows& R, f
   cuda::copy_h2d(dwts, weights.data(), weights.size() * sizeof(float));
 
   // Routed experts.
-  const cuda::MoeVariant mv = fast(Gate::moe_tiles, N) ? cuda::MoeVariant::expert_tiles : cuda::MoeVariant::decode_lut;
   float* Y = buf("Y", N * d);
-  cuda::MoeArgs ma;
-  ma.gate = D.gate_exps.get();
-  ma.up = D.up_exps.get();
-  ma.down = D.down_exps.get();
-  ma.x = XN;
-  ma.experts = dexp;
-  ma.weights = dwts;
-  ma.iq2_grid = dw_->iq2_grid.as<uint64_t>();
-  ma.y = Y;
-  ma.n_tok = N;
-  ma.n_expert = n_exp;
-  ma.n_used = n_used;
-  ma.d = d;
-  ma.ff = hp.n_ff_exp;
-  ma.limit = clamp_exp;
-  ma.scratch = raw("moe_scratch", cuda::moe_scratch_bytes(N, n_used, n_exp, d, hp.n_ff_exp, mv));
-  cuda::moe(ma, mv);
-  tap_dev(il, "ffn_moe_out", R.pos0, N, Y, d, cuda::variant_name(mv));
+  if (D.ds4_experts) {
+    ds4_routed_experts(il, D, XN, R, dexp, dwts, clamp_exp, Y);
+  } else {
+    routed_experts_matvec(D, XN, N, experts, weights, clamp_exp, Y);
+    tap_dev(il, "ffn_moe_out", R.pos0, N, Y, d, "moe__matvec_exact");
+  }
 
   // Shared expert: gate/up pair, SwiGLU, down.
   if (D.gate_sh) {
@@ -93,6 +88,90 @@ void Impl::ffn_layer(int il, const LayerWeights& L, const DLayer& D, DRows& R, f
                 static_cast<int>(hp.n_hc), d);
   std::swap(R.X, R.X2);
   tap_dev(il, "l_out", R.pos0, N, R.X, static_cast<size_t>(hp.n_hc) * d, "hc_post__rows");
+}
+
+// The ds4 mix (IQ2_XXS gate/up, Q2_K down): ds4::cuda::moe, decode_lut or (gate moe_tiles)
+// expert_tiles. dexp, dwts: (N, n_used) device routing.
+void Impl::ds4_routed_experts(int il, const DLayer& D, const float* XN, const DRows& R, const int32_t* dexp,
+                              const float* dwts, float clamp_exp, float* Y) {
+  const int64_t N = R.n, d = hp.n_embd;
+  const int n_exp = static_cast<int>(hp.n_expert), n_used = static_cast<int>(hp.n_expert_used);
+  const cuda::MoeVariant mv = fast(Gate::moe_tiles, N) ? cuda::MoeVariant::expert_tiles : cuda::MoeVariant::decode_lut;
+  cuda::MoeArgs ma;
+  ma.gate = D.gate_exps.get();
+  ma.up = D.up_exps.get();
+  ma.down = D.down_exps.get();
+  ma.x = XN;
+  ma.experts = dexp;
+  ma.weights = dwts;
+  ma.iq2_grid = dw_->iq2_grid.as<uint64_t>();
+  ma.y = Y;
+  ma.n_tok = N;
+  ma.n_expert = n_exp;
+  ma.n_used = n_used;
+  ma.d = d;
+  ma.ff = hp.n_ff_exp;
+  ma.limit = clamp_exp;
+  ma.scratch = raw("moe_scratch", cuda::moe_scratch_bytes(N, n_used, n_exp, d, hp.n_ff_exp, mv));
+  cuda::moe(ma, mv);
+  tap_dev(il, "ffn_moe_out", R.pos0, N, Y, d, cuda::variant_name(mv));
+}
+
+// moe__matvec_exact: routed experts of any other mix (F32/F16/Q8_0 slices, one CudaMatrix each),
+// as expert_ffn_ref per (row r, slot s): g = W_gate x, u = W_up x, h = swiglu_clamped(g, u),
+// h *= weight, y_rs = W_down h, then Y[r] = 0 + y_r0 + y_r1 + ... in slot order (ffn_layer.cpp's
+// Y[r*d+j] += ye[j]). The (row, slot) pairs routed to one expert are gathered into one batch of
+// that expert's matrices; linear_exact's batch kernels are per row bit-equal to the N = 1 decode
+// kernel, and every other step is elementwise, so each row gets the bits of its own decode.
+// experts, weights: (N, n_used) host; XN (N, d) and Y (N, d) device F32.
+void Impl::routed_experts_matvec(const DLayer& D, const float* XN, int64_t N, const std::vector<int32_t>& experts,
+                                 const std::vector<float>& weights, float clamp, float* Y) {
+  const int64_t d = hp.n_embd, n_used = hp.n_expert_used, n_exp = static_cast<int64_t>(D.gate_e.size());
+  const int64_t ff = D.gate_e.at(0).out, M = N * n_used;
+  // Pairs grouped by expert (ascending), rows and slots ascending inside a group.
+  std::vector<int32_t> src, dst;
+  std::vector<float> wts;
+  std::vector<int64_t> start(n_exp + 1, 0);
+  for (int64_t e = 0; e < n_exp; ++e) {
+    start[e] = static_cast<int64_t>(src.size());
+    for (int64_t r = 0; r < N; ++r)
+      for (int64_t s = 0; s < n_used; ++s)
+        if (experts[r * n_used + s] == e) {
+          src.push_back(static_cast<int32_t>(r));
+          dst.push_back(static_cast<int32_t>(s * N + r));
+          wts.push_back(weights[r * n_used + s]);
+        }
+  }
+  start[n_exp] = static_cast<int64_t>(src.size());
+  if (start[n_exp] != M) fail("CUDA forward: routed expert id out of range");
+  int32_t* dsrc = ibuf("moe_src", M);
+  int32_t* ddst = ibuf("moe_dst", M);
+  float* dw = buf("moe_w", M);
+  cuda::copy_h2d(dsrc, src.data(), M * sizeof(int32_t));
+  cuda::copy_h2d(ddst, dst.data(), M * sizeof(int32_t));
+  cuda::copy_h2d(dw, wts.data(), M * sizeof(float));
+  float* XE = buf("moe_xe", M * d);           // (M, d) gathered input rows
+  float* G = buf("moe_g", M * ff);            // (M, ff)
+  float* U = buf("moe_u", M * ff);            // (M, ff)
+  float* H = buf("moe_h", M * ff);            // (M, ff)
+  float* YE = buf("moe_ye", M * d);           // (M, d) per pair
+  float* YS = buf("moe_ys", n_used * N * d);  // (n_used, N, d) per slot
+  cuda::copy_rows(XE, nullptr, XN, dsrc, M, d);
+  for (int64_t e = 0; e < n_exp; ++e) {
+    const int64_t a = start[e], m = start[e + 1] - a;
+    if (m == 0) continue;
+    linear_exact(D.gate_e[e], XE + a * d, m, G + a * ff);
+    linear_exact(D.up_e[e], XE + a * d, m, U + a * ff);
+  }
+  cuda::swiglu_clamped(G, U, H, M * ff, clamp);
+  cuda::scale_rows(H, dw, M, ff);
+  for (int64_t e = 0; e < n_exp; ++e) {
+    const int64_t a = start[e], m = start[e + 1] - a;
+    if (m > 0) linear_exact(D.down_e[e], H + a * ff, m, YE + a * d);
+  }
+  cuda::copy_rows(YS, ddst, YE, nullptr, M, d);
+  cuda::memset_async(Y, 0, static_cast<size_t>(N) * d * sizeof(float));
+  for (int64_t s = 0; s < n_used; ++s) cuda::add_inplace(Y, YS + s * N * d, N * d);
 }
 
 void Impl::output_head(const DRows& R, float* logits) {

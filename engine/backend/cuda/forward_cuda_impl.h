@@ -79,7 +79,12 @@ struct DLayer {
   DMat router, gate_sh, up_sh, down_sh;
   DevMem hc_attn_scale, hc_attn_base, hc_ffn_scale, hc_ffn_base, attn_norm, q_a_norm, kv_norm, sinks, ffn_norm;
   DevMem comp_ape, comp_norm, idx_comp_ape, idx_comp_norm;
-  DevMem gate_exps, up_exps, down_exps;  // raw GGUF bytes (IQ2_XXS, IQ2_XXS, Q2_K)
+  // Routed experts. The ds4 mix (IQ2_XXS gate/up, Q2_K down) is uploaded as raw GGUF bytes for
+  // ds4::cuda::moe; any other mix (F32/F16/Q8_0 experts, e.g. ds4-convert's F32 GGUF of the HF
+  // oracle) as one CudaMatrix per expert slice: gate_e[e], up_e[e] (d -> ff), down_e[e] (ff -> d).
+  bool ds4_experts = true;
+  DevMem gate_exps, up_exps, down_exps;  // (n_expert, ff|d, row bytes) when ds4_experts
+  std::vector<DMat> gate_e, up_e, down_e;  // n_expert each otherwise
 };
 
 // Everything uploaded once per Model (shared by all its sessions; see device_weights_for).
@@ -146,7 +151,14 @@ class Impl final : public CudaSession {
   void attention_chunk(int il, const LayerWeights& L, const DLayer& D, DLayerState& S, const DRows& R,
                        int64_t r0, int64_t r1, const float* Q, const float* QIall, float* WI, const float* KV,
                        const float* CA, const float* CG, const float* IA, const float* IG, float* O);
+  void topk_torch_host(const float* scores, int64_t n_rows, const std::vector<int32_t>& nvis, int top_k, int32_t* idx,
+                       int32_t* cnt);
   void ffn_layer(int il, const LayerWeights& L, const DLayer& D, DRows& R, float clamp_exp, float clamp_sh);
+  void ds4_routed_experts(int il, const DLayer& D, const float* XN, const DRows& R, const int32_t* dexp,
+                          const float* dwts, float clamp_exp, float* Y);
+  void routed_experts_matvec(const DLayer& D, const float* XN, int64_t N, const std::vector<int32_t>& experts,
+                             const std::vector<float>& weights, float clamp, float* Y);
+  bool plain() const { return opt_.profile == Profile::Plain; }
   void output_head(const DRows& R, float* logits_host);
 
   std::shared_ptr<const Model> model_;

@@ -80,7 +80,33 @@ __global__ void cand_kernel(int32_t* cand, int max_cand, const int32_t* n_raw, c
   for (int j = threadIdx.x; j < count[r]; j += blockDim.x)
     cand[r * max_cand + n_raw[r] + j] = base + idx[r * k + j];
 }
+
+__global__ void scale_rows_kernel(float* x, const float* w, int64_t n_rows, int64_t width) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n_rows * width) x[i] = __fmul_rn(x[i], w[i / width]);
+}
+
+__global__ void copy_rows_kernel(float* dst, const int32_t* dst_idx, const float* src, const int32_t* src_idx,
+                                 int64_t n_rows, int64_t width) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n_rows * width) return;
+  const int64_t r = i / width, j = i % width;
+  const int64_t rd = dst_idx ? dst_idx[r] : r, rs = src_idx ? src_idx[r] : r;
+  dst[rd * width + j] = src[rs * width + j];
+}
 }  // namespace
+
+void scale_rows(float* x, const float* w, int64_t n_rows, int64_t width) {
+  if (n_rows <= 0 || width <= 0) return;
+  scale_rows_kernel<<<blocks_for(n_rows * width), kT>>>(x, w, n_rows, width);
+  check(cudaGetLastError(), "scale_rows__rows launch");
+}
+void copy_rows(float* dst, const int32_t* dst_idx, const float* src, const int32_t* src_idx, int64_t n_rows,
+               int64_t width) {
+  if (n_rows <= 0 || width <= 0) return;
+  copy_rows_kernel<<<blocks_for(n_rows * width), kT>>>(dst, dst_idx, src, src_idx, n_rows, width);
+  check(cudaGetLastError(), "copy_rows__rows launch");
+}
 
 void fill_f32(float* dst, float v, int64_t n) {
   if (n <= 0) return;

@@ -9,6 +9,8 @@
 //   ape_add__rows          G[r][j] += ape[(pos0 + r) mod ratio][j] (the CPU's g = g_in + ape_u)
 //   cand_indexed__rows     candidate rows of indexed attention: cand[r][n_raw[r] + j] =
 //                          base + idx[r][j] for j < count[r] (the top-k order, unchanged)
+//   scale_rows__rows       x[r][j] *= w[r] (F32, the CPU's h[i] *= weight in expert_ffn_ref)
+//   copy_rows__rows        dst[dst_idx[r]] = src[src_idx[r]] row copies (gather/scatter; bits kept)
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -31,6 +33,12 @@ void fill_f32(float* dst, float v, int64_t n);
 void swiglu_clamped(const float* g, const float* u, float* h, int64_t n, float limit);
 void add_inplace(float* y, const float* x, int64_t n);
 void ape_add(float* G, const float* ape, int64_t n_rows, int width, int ratio, int64_t pos0);
+// x (n_rows, width) F32 in place, w (n_rows) F32.
+void scale_rows(float* x, const float* w, int64_t n_rows, int64_t width);
+// Row r of n_rows: dst (.., width) row dst_idx[r] = src (.., width) row src_idx[r]; a null index
+// array means the identity. Device int32 indices; asynchronous.
+void copy_rows(float* dst, const int32_t* dst_idx, const float* src, const int32_t* src_idx, int64_t n_rows,
+               int64_t width);
 void cand_indexed(int32_t* cand, int max_cand, const int32_t* n_raw, const int32_t* idx, int k,
                   const int32_t* count, int64_t n_rows, int32_t base);
 
