@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "ablate_internal.h"
+#include "ds4/cuda_backend.h"
 #include "ds4/error.h"
 
 namespace fs = std::filesystem;
@@ -167,7 +168,12 @@ std::string now_utc() { return utc_timestamp(); }
 Matrix::Matrix(const AblateConfig& cfg) : cfg_(cfg) {
   const auto t0 = std::chrono::steady_clock::now();
   if (cfg_.state_dir.empty()) fail("ablate: no state folder");
-  if (cfg_.backend != "cpu") fail("ablate: backend '" + cfg_.backend + "' is not available in-process (cpu only)");
+  // Every run of the matrix (the plain reference and each cell) runs on this backend: on cuda
+  // the reference is N=1 decode on the GPU, so a cell is compared with the same device's decode.
+  if (backend_from_name(cfg_.backend) == Backend::Cuda) {
+    const CudaDeviceInfo dev = cuda_device_info();
+    if (!dev.available) fail("ablate --backend cuda: " + dev.why_unavailable);
+  }
   gates_ = cfg_.gates;
   if (gates_.empty())
     for (const GateInfo& g : all_gates())
@@ -257,6 +263,7 @@ void Matrix::init_from_plan() {
 
 RunSpec Matrix::spec_for(size_t prompt, const GateSet& gates) const {
   RunSpec s;
+  s.backend = backend_from_name(cfg_.backend);
   s.profile = cfg_.profile;
   s.gates = gates;
   s.threads = cfg_.threads;
@@ -288,6 +295,7 @@ const Reference& Matrix::reference(size_t prompt) {
   if (!fs::exists(path)) {
     // The plain reference: N=1 decode of every token, every tap at level full, cached on disk.
     RunSpec plain;
+    plain.backend = backend_from_name(cfg_.backend);
     plain.profile = cfg_.profile;
     plain.threads = cfg_.threads;
     plain.tokens = tokens_[prompt];

@@ -39,7 +39,7 @@ int cmd_ablate(const std::vector<std::string>& args) {
       .option("--mode", &mode, "candidate run: batched or verify")
       .option("--width", &width, "batched: tokens per forward (0 = all); verify: rows per pass", 0, 1 << 20)
       .option("--prefix", &prefix, "verify: tokens decoded with N=1 first (0 = the prompt)", 0, 1 << 24)
-      .option("--backend", &backend, "backend whose gates form the axes (cpu)")
+      .option("--backend", &backend, "cpu or cuda: where every run goes; its gates form the axes")
       .option("--only", &gates, "gate axes, comma separated (default: every gate of the backend)")
       .option("--threads", &threads, "CPU threads (0 = all)", 0, 4096)
       .option("--state", &state, "state folder (plan, cached references, one file per finished cell)")

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "ds4/ablate.h"
+#include "ds4/cuda_backend.h"
 #include "ds4/error.h"
 #include "../support/tiny_models.h"
 
@@ -130,6 +131,40 @@ TEST(Ablate, F32GemmIsRankedOnTheF32Model) {
   EXPECT_FALSE(r.alone[0].alone.bit_equal);
   EXPECT_TRUE(r.strict_bit_equal);
   EXPECT_EQ(r.minimal.exact, std::vector<std::string>{"f32_gemm"});
+}
+
+// --backend cuda: every run of the matrix (reference decode included) on the GPU.
+TEST(Ablate, CudaBackendWithoutADeviceIsAOneLineError) {
+  if (ds4::cuda_device_info().available) GTEST_SKIP() << "a CUDA device is present";
+  ds4::AblateConfig cfg = small_config(fresh_dir("cuda-none"));
+  cfg.backend = "cuda";
+  try {
+    ds4::run_ablation(cfg);
+    ADD_FAILURE() << "no error";
+  } catch (const ds4::Error& e) {
+    const std::string m = e.what();
+    EXPECT_EQ(m.rfind("ablate --backend cuda: ", 0), 0u) << m;
+    EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+  }
+  cfg.backend = "tpu";
+  EXPECT_THROW(ds4::run_ablation(cfg), ds4::Error);
+}
+
+TEST(Ablate, SmallMatrixOnCudaHasABitEqualStrictCell) {
+  if (!ds4::cuda_device_info().available) GTEST_SKIP() << "no CUDA device";
+  ds4::AblateConfig cfg = small_config(fresh_dir("cuda"));
+  cfg.backend = "cuda";
+  cfg.generate = 64;  // past the indexer's top-k threshold: indexed attention on the GPU too
+  cfg.gates = {"q8_gemm", "moe_tiles", "indexed_attn_online"};
+  const ds4::AblateResult r = ds4::run_ablation(cfg);
+  ASSERT_TRUE(r.complete);
+  EXPECT_TRUE(r.strict_bit_equal);
+  for (const ds4::GateRank& g : r.alone) {
+    EXPECT_TRUE(g.exercised) << g.gate;
+    EXPECT_FALSE(g.alone.bit_equal) << g.gate << " alone fast changed nothing on the GPU";
+  }
+  EXPECT_FALSE(r.cell("baseline")->agg.bit_equal);
+  std::printf("%s", ds4::ablate_result_text(r).c_str());
 }
 
 TEST(Ablate, ResumeAfterSigkillLosesAndRepeatsNoCell) {
