@@ -99,6 +99,7 @@ class Bisector {
     set_first(r, sink.finish());
 
     // What is needed to rerun: B's model file, its settings, given (teacher-forced) drafts.
+    cand_.backend = backend_from_name(mb.backend.empty() ? "cpu" : mb.backend);
     cand_.profile = profile_from_name(mb.profile);
     cand_.mode = run_mode_from_name(mb.run_mode);
     cand_.width = mb.width;
@@ -188,12 +189,13 @@ class Bisector {
     return br;
   }
 
-  // Gates whose setting differs between reference and candidate (on the CPU backend).
+  // Gates whose setting differs between reference and candidate (on the candidate's backend).
   std::vector<Gate> differing_gates() const {
     std::vector<Gate> out;
     if (cand_.mode == RunMode::Plain) return out;
     for (const GateInfo& g : all_gates())
-      if (g.on_backend("cpu") && cand_.gates.get(g.gate) != ref_gates_.get(g.gate)) out.push_back(g.gate);
+      if (g.on_backend(backend_name(cand_.backend)) && cand_.gates.get(g.gate) != ref_gates_.get(g.gate))
+        out.push_back(g.gate);
     return out;
   }
 

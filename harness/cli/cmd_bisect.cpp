@@ -11,7 +11,7 @@ namespace ds4 {
 
 int cmd_bisect(const std::vector<std::string>& args) {
   std::string model_path, prompt = "Hello! Who are you?", token_file, mode = "batched", profile = "ds4",
-                          cand = "all=fast", ref = "plain", fault, json_out;
+                          cand = "all=fast", ref = "plain", fault, json_out, backend = "cpu";
   int64_t generate = 64, width = 0, prefix = 0, threads = 0;
   bool gates = false, no_confirm = false, quiet = false;
   std::vector<std::string> dumps;
@@ -23,6 +23,7 @@ int cmd_bisect(const std::vector<std::string>& args) {
       .option("--mode", &mode, "candidate run: batched, verify or plain")
       .option("--width", &width, "batched: tokens per forward (0 = all); verify: rows per pass", 0, 1 << 20)
       .option("--prefix", &prefix, "verify: tokens decoded with N=1 first", 0, 1 << 24)
+      .option("--backend", &backend, "in-process runs: cpu or cuda (reference and candidate on it)")
       .option("--profile", &profile, "numerics profile: ds4 or plain")
       .option("--cand", &cand, "candidate gate settings (default all=fast)")
       .option("--ref", &ref, "reference: plain (N=1 decode, default) or gate settings of a batched run")
@@ -54,6 +55,7 @@ int cmd_bisect(const std::vector<std::string>& args) {
     in.name = "bisect";
     in.text = prompt;
     in.token_file = token_file;
+    cfg.cand.backend = backend_from_name(backend);
     cfg.cand.profile = profile_from_name(profile);
     cfg.tokens = prompt_tokens(model, in, cfg.cand.profile, generate);
     cfg.cand.mode = run_mode_from_name(mode);

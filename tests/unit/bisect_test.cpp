@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "ds4/bisect.h"
+#include "ds4/cuda_backend.h"
 #include "ds4/error.h"
 #include "../support/tiny_models.h"
 
@@ -92,13 +93,16 @@ TEST(Bisect, FindsPlantedFaultsInProcessOnABatchedStrictRun) {
   }
 }
 
-TEST(Bisect, AttributesAGateAndConfirmsItLocal) {
+// q8_gemm alone fast on a strict batched run: bisect must name the gate, its fast variant, and
+// confirm the divergence is local. The same on either backend.
+void expect_q8_gemm_attributed_and_local(ds4::Backend backend) {
   ds4::BisectConfig cfg;
   cfg.model_path = ds4::testing::tiny_model_path("ds4");
   auto model = ds4::Model::load(cfg.model_path);
   cfg.tokens = ds4::testing::pseudo_tokens(20, static_cast<int>(model->hparams().n_vocab), 3);
   cfg.threads = 2;
   cfg.log = nullptr;
+  cfg.cand.backend = backend;
   cfg.cand.mode = ds4::RunMode::Batched;
   cfg.cand.gates = ds4::GateSet::parse("all=exact,q8_gemm=fast");
   const ds4::BisectResult r = ds4::bisect(cfg);
@@ -112,6 +116,14 @@ TEST(Bisect, AttributesAGateAndConfirmsItLocal) {
   const std::string text = ds4::bisect_result_text(r);
   EXPECT_NE(text.find("gate q8_gemm"), std::string::npos) << text;
   EXPECT_EQ(ds4::bisect_result_json(r).at("gate").as_string(), "q8_gemm");
+  std::printf("%s", text.c_str());
+}
+
+TEST(Bisect, AttributesAGateAndConfirmsItLocal) { expect_q8_gemm_attributed_and_local(ds4::Backend::Cpu); }
+
+TEST(Bisect, AttributesAGateAndConfirmsItLocalOnCuda) {
+  if (!ds4::cuda_device_info().available) GTEST_SKIP() << "no CUDA device";
+  expect_q8_gemm_attributed_and_local(ds4::Backend::Cuda);
 }
 
 TEST(Bisect, GatesDdminGivesAOneMinimalFailingSet) {
