@@ -37,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_bench_timing.h"
 #include "backend/cuda/device.h"
 #include "backend/cuda/l2_flush.h"
 #include "backend/cuda/matvec_q8_0.h"
@@ -235,24 +236,10 @@ int64_t iterations_for(int64_t n) { return n >= 128 ? 10 : 100; }
 // Times `body` (one call of the measured work) with an L2 flush before each iteration.
 template <class Body>
 void timed_loop(benchmark::State& state, double weight_bytes, int64_t n, Body body) {
-  Bench& b = bench();
-  body();  // warm-up: module load, scratch allocation, first touch
-  cuda::synchronize("warm-up");
-  cuda::EventTimer timer;
-  double total_s = 0.0;
-  for (auto _ : state) {
-    b.flush.fill_async(0);
-    cuda::l2_read_pass(b.flush_read.get(), b.flush_read.size(), b.sink.get());
-    timer.start();
-    body();
-    const double s = static_cast<double>(timer.stop_ms()) * 1e-3;
-    total_s += s;
-    state.SetIterationTime(s);
-  }
+  const double mean_s = cuda_bench::timed_flushed_loop(state, bench(), body);
   const double iters = static_cast<double>(state.iterations());
   state.SetBytesProcessed(static_cast<int64_t>(weight_bytes * iters));
   state.SetItemsProcessed(static_cast<int64_t>(n * state.iterations()));
-  const double mean_s = total_s / iters;
   state.counters["hbm_frac"] = weight_bytes / mean_s / kHbmBytesPerSecond;
   state.counters["roofline_us"] = weight_bytes / kHbmBytesPerSecond * 1e6;
 }

@@ -42,6 +42,7 @@
 #include "ds4/cuda_backend.h"
 
 #if DS4_HAVE_CUDA
+#include "cuda_bench_timing.h"
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -298,23 +299,8 @@ int64_t iterations_for(int64_t n) { return n >= 512 ? 5 : n >= 128 ? 10 : 50; }
 // Times `body` (one call of the measured work) with an L2 flush before each iteration.
 template <class Body>
 void timed_loop(benchmark::State& state, Cost c, int64_t n, Body body) {
-  Flush& f = lazy<Flush>();
-  body();  // warm-up: module load, first touch
-  cuda::synchronize("warm-up");
-  cuda::EventTimer timer;
-  double total_s = 0.0;
-  for (auto _ : state) {
-    f.flush.fill_async(0);
-    cuda::l2_read_pass(f.flush_read.get(), f.flush_read.size(), f.sink.get());
-    timer.start();
-    body();
-    const double s = static_cast<double>(timer.stop_ms()) * 1e-3;
-    total_s += s;
-    state.SetIterationTime(s);
-  }
-  cuda::synchronize("timed loop");
+  const double mean_s = cuda_bench::timed_flushed_loop(state, lazy<Flush>(), body);
   const double iters = static_cast<double>(state.iterations());
-  const double mean_s = total_s / iters;
   state.SetBytesProcessed(static_cast<int64_t>(c.bytes * iters));
   state.SetItemsProcessed(n * state.iterations());
   state.counters["hbm_frac"] = c.bytes / mean_s / kHbmBytesPerSecond;
