@@ -20,6 +20,7 @@
 #include "ds4/json.h"
 #include "ds4/quant.h"
 #include "ds4/safetensors.h"
+#include "../support/scratch.h"
 
 namespace {
 
@@ -28,23 +29,7 @@ using ds4::ConvertOptions;
 
 const fs::path kFixture = fs::path(DS4_SOURCE_DIR) / "tests/fixtures/hf-tiny";
 
-fs::path temp_dir() {
-  static const fs::path dir = [] {
-    fs::path d = fs::temp_directory_path() / ("ds4_convert_test_" + std::to_string(::getpid()));
-    fs::create_directories(d);
-    return d;
-  }();
-  return dir;
-}
-
-// Removes the scratch folder when the test program ends.
-struct RemoveTempDir : ::testing::Environment {
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(temp_dir(), ec);
-  }
-};
-const auto* const kRemoveTempDir = ::testing::AddGlobalTestEnvironment(new RemoveTempDir);
+fs::path temp_dir() { return ds4::testing::program_scratch_dir("convert"); }
 
 std::string error_of(const std::function<void()>& fn) {
   try {

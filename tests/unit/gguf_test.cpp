@@ -23,6 +23,7 @@
 #include <random>
 
 #include "ds4/error.h"
+#include "../support/scratch.h"
 
 namespace {
 
@@ -33,22 +34,9 @@ using ds4::GgufValue;
 using ds4::GgufWriter;
 using ds4::QType;
 
-// A fresh directory under the system temp dir, removed with its contents at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "ds4_gguf_test_XXXXXX").string();
-    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  size_t entries() const {
-    return static_cast<size_t>(std::distance(fs::directory_iterator(path_), {}));
-  }
-
- private:
-  fs::path path_;
+// A fresh folder per test, removed with its contents at scope exit.
+struct TempDir : ds4::testing::TempDir {
+  TempDir() : ds4::testing::TempDir("ds4_gguf_test") {}
 };
 
 void write_file(const std::string& path, const std::vector<uint8_t>& bytes) {

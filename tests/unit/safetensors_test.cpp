@@ -13,24 +13,16 @@
 #include <fstream>
 
 #include "ds4/error.h"
+#include "../support/scratch.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 using ds4::SafetensorsFile;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "ds4_st_test_XXXXXX").string();
-    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
+// A fresh folder per test, removed with its contents at scope exit.
+struct TempDir : ds4::testing::TempDir {
+  TempDir() : ds4::testing::TempDir("ds4_st_test") {}
 };
 
 void write_file(const std::string& path, const std::string& bytes) {

@@ -18,6 +18,7 @@
 #include "ds4/error.h"
 #include "ds4/gguf.h"
 #include "ds4/quant.h"
+#include "../support/scratch.h"
 
 namespace {
 
@@ -26,23 +27,7 @@ using ds4::HParams;
 using ds4::QType;
 using ds4::SynthOptions;
 
-fs::path temp_dir() {
-  static const fs::path dir = [] {
-    fs::path d = fs::temp_directory_path() / ("ds4_synth_test_" + std::to_string(::getpid()));
-    fs::create_directories(d);
-    return d;
-  }();
-  return dir;
-}
-
-// Removes the scratch folder when the test program ends.
-struct RemoveTempDir : ::testing::Environment {
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(temp_dir(), ec);
-  }
-};
-const auto* const kRemoveTempDir = ::testing::AddGlobalTestEnvironment(new RemoveTempDir);
+fs::path temp_dir() { return ds4::testing::program_scratch_dir("synth"); }
 
 std::string read_bytes(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);
