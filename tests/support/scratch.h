@@ -36,6 +36,25 @@ class TempDir {
   std::filesystem::path path_;
 };
 
+// <base>/<pid>, created now and removed with its contents at exit. CTest runs every test case as
+// its own process, in parallel: a folder per process keeps their files apart.
+class ProcessDir {
+ public:
+  explicit ProcessDir(const std::string& base) : path_(base + "/" + std::to_string(::getpid())) {
+    std::filesystem::create_directories(path_);
+  }
+  ~ProcessDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  ProcessDir(const ProcessDir&) = delete;
+  ProcessDir& operator=(const ProcessDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
 // One folder for the whole test program (named by `tag` and the pid), removed by a gtest
 // environment when the program ends.
 inline std::filesystem::path program_scratch_dir(const std::string& tag) {

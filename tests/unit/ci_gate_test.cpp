@@ -11,48 +11,25 @@
 #include <sstream>
 
 #include "ds4/error.h"
+#include "../support/errors.h"
+#include "../support/scratch.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-// One folder per test process, removed at exit: CTest runs every test case as its own process,
-// in parallel, and shared file names would race.
-struct ProcessDir {
-  std::string path = std::string(DS4_BINARY_DIR) + "/test-gate/" + std::to_string(getpid());
-  ProcessDir() { fs::create_directories(path); }
-  ~ProcessDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using ds4::testing::error_of;
+using ds4::testing::read_text;
 
 std::string test_dir() {
-  static const ProcessDir dir;
-  return dir.path;
+  static const ds4::testing::ProcessDir dir(std::string(DS4_BINARY_DIR) + "/test-gate");
+  return dir.path();
 }
 
 std::string write_file(const std::string& name, const std::string& text) {
   const std::string p = test_dir() + "/" + name;
   std::ofstream(p, std::ios::binary | std::ios::trunc) << text;
   return p;
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-template <class F>
-std::string error_of(F&& fn) {
-  try {
-    fn();
-  } catch (const ds4::Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 bool has(const std::string& text, const std::string& part) {

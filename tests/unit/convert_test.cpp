@@ -21,8 +21,12 @@
 #include "ds4/quant.h"
 #include "ds4/safetensors.h"
 #include "../support/scratch.h"
+#include "../support/errors.h"
 
 namespace {
+
+using ds4::testing::error_of;
+using ds4::testing::read_text;
 
 namespace fs = std::filesystem;
 using ds4::ConvertOptions;
@@ -30,20 +34,6 @@ using ds4::ConvertOptions;
 const fs::path kFixture = fs::path(DS4_SOURCE_DIR) / "tests/fixtures/hf-tiny";
 
 fs::path temp_dir() { return ds4::testing::program_scratch_dir("convert"); }
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const ds4::Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-std::string read_text(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
 
 void write_text(const fs::path& p, const std::string& s) {
   std::ofstream f(p, std::ios::binary);

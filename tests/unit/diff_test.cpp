@@ -19,48 +19,25 @@
 #include "ds4/ci_gate.h"
 #include "ds4/drivers.h"
 #include "ds4/error.h"
+#include "../support/errors.h"
+#include "../support/scratch.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-// One folder per test process, removed at exit: CTest runs every test case as its own process,
-// in parallel, and shared file names would race (one process replacing a dump another reads).
-struct ProcessDir {
-  std::string path = std::string(DS4_BINARY_DIR) + "/test-diff/" + std::to_string(getpid());
-  ProcessDir() { fs::create_directories(path); }
-  ~ProcessDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using ds4::testing::error_of;
+using ds4::testing::read_text;
 
 std::string test_dir() {
-  static const ProcessDir dir;
-  return dir.path;
+  static const ds4::testing::ProcessDir dir(std::string(DS4_BINARY_DIR) + "/test-diff");
+  return dir.path();
 }
 
 std::string fresh(const std::string& name) {
   const std::string p = test_dir() + "/" + name;
   fs::remove(p);
   return p;
-}
-
-template <class F>
-std::string error_of(F&& fn) {
-  try {
-    fn();
-  } catch (const ds4::Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
 }
 
 // ---------------------------------------------------------------------------------------------

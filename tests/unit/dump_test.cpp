@@ -23,10 +23,13 @@
 #include "ds4/error.h"
 #include "ds4/synth.h"
 #include "ds4/taps.h"
+#include "../support/errors.h"
 
 namespace fs = std::filesystem;
 
 namespace {
+
+using ds4::testing::error_of;
 
 std::string test_dir() {
   const std::string dir = std::string(DS4_BINARY_DIR) + "/test-dumps";
@@ -38,17 +41,6 @@ std::string fresh_path(const std::string& name) {
   const std::string p = test_dir() + "/" + name;
   fs::remove(p);
   return p;
-}
-
-// The message of the ds4::Error thrown by fn ("" if none).
-template <class F>
-std::string error_of(F&& fn) {
-  try {
-    fn();
-  } catch (const ds4::Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 bool bits_equal(const std::vector<float>& a, const float* b, size_t n) {

@@ -19,8 +19,11 @@
 #include "ds4/gguf.h"
 #include "ds4/quant.h"
 #include "../support/scratch.h"
+#include "../support/errors.h"
 
 namespace {
+
+using ds4::testing::error_of;
 
 namespace fs = std::filesystem;
 using ds4::HParams;
@@ -32,15 +35,6 @@ fs::path temp_dir() { return ds4::testing::program_scratch_dir("synth"); }
 std::string read_bytes(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const ds4::Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 void expect_same_hparams(const HParams& a, const HParams& b) {
