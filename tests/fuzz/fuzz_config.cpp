@@ -17,19 +17,6 @@
 
 extern char** environ;
 
-namespace {
-
-template <class F>
-void guarded(F&& f) {
-  try {
-    f();
-  } catch (const ds4::Error& e) {
-    ds4::fuzz::check_one_line(e);
-  }
-}
-
-}  // namespace
-
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::vector<std::string> lines = ds4::fuzz::split_lines(data, size, 256);
   std::vector<std::string> env_entries, words;
@@ -49,7 +36,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   environ = envp.data();
   ds4::EnvSettings env;
   bool env_ok = false;
-  guarded([&] {
+  ds4::fuzz::guarded([&] {
     env = ds4::read_environment();
     env_ok = true;
   });
@@ -62,7 +49,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (std::string& a : argv_store) argv.push_back(a.data());
   argv.push_back(nullptr);
   if (env_ok) {
-    guarded([&] {
+    ds4::fuzz::guarded([&] {
       const ds4::Ds4Cli cli = ds4::parse_ds4_cli(static_cast<int>(argv.size() - 1), argv.data(), env);
       ds4::fuzz::check(cli.n_predict >= 0 && cli.threads >= 0 && cli.ctx >= 1 &&
                            cli.temperature >= 0.0f,
@@ -85,7 +72,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       .option("--tol", &tol, "tolerance")
       .flag("--strict", &flag, "strict")
       .positionals(&pos, "A.h5 B.h5", 0, 2);
-  guarded([&] {
+  ds4::fuzz::guarded([&] {
     if (p.parse(words)) {
       ds4::fuzz::check(width >= 0 && width <= (1 << 20) && threads >= 0 && threads <= 4096,
                        "ArgParser integers are in range");
@@ -94,10 +81,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   });
   (void)p.usage();
   for (const std::string& w : words) {
-    guarded([&] { ds4::profile_from_name(w); });
-    guarded([&] { ds4::run_mode_from_name(w); });
-    guarded([&] { ds4::parse_int_flag("--n", w, -5, 5); });
-    guarded([&] { ds4::parse_float_flag("--x", w, 0.0, 1.0); });
+    ds4::fuzz::guarded([&] { ds4::profile_from_name(w); });
+    ds4::fuzz::guarded([&] { ds4::run_mode_from_name(w); });
+    ds4::fuzz::guarded([&] { ds4::parse_int_flag("--n", w, -5, 5); });
+    ds4::fuzz::guarded([&] { ds4::parse_float_flag("--x", w, 0.0, 1.0); });
   }
   return 0;
 }

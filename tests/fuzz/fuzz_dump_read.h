@@ -10,15 +10,6 @@
 
 namespace ds4::fuzz {
 
-template <class F>
-void guarded(F&& f) {
-  try {
-    f();
-  } catch (const ds4::Error& e) {
-    check_one_line(e);
-  }
-}
-
 inline void read_whole_dump(const std::string& path) {
   guarded([&] {
     const ds4::DumpReader r = ds4::DumpReader::open(path);

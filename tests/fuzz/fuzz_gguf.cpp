@@ -7,19 +7,6 @@
 #include "ds4/gguf.h"
 #include "fuzz_util.h"
 
-namespace {
-
-template <class F>
-void try_get(F&& f) {
-  try {
-    f();
-  } catch (const ds4::Error& e) {
-    ds4::fuzz::check_one_line(e);
-  }
-}
-
-}  // namespace
-
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static ds4::fuzz::ScratchFile scratch(".gguf");
   const std::string& path = scratch.write(data, size);
@@ -36,15 +23,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const ds4::GgufValue& v = kv.second;
     ds4::fuzz::check(f->find(key) == &v, "find() returns the value of its key");
     sink += v.array_size();
-    try_get([&] { sink += f->get_u32(key); });
-    try_get([&] { sink += f->get_u64(key); });
-    try_get([&] { sink += uint64_t(f->get_i64(key)); });
-    try_get([&] { sink += uint64_t(f->get_f32(key) != 0); });
-    try_get([&] { sink += f->get_bool(key); });
-    try_get([&] { sink += f->get_str(key).size(); });
-    try_get([&] { sink += f->get_int_array(key).size(); });
-    try_get([&] { sink += f->get_float_array(key).size(); });
-    try_get([&] { sink += f->get_str_array(key).size(); });
+    ds4::fuzz::guarded([&] { sink += f->get_u32(key); });
+    ds4::fuzz::guarded([&] { sink += f->get_u64(key); });
+    ds4::fuzz::guarded([&] { sink += uint64_t(f->get_i64(key)); });
+    ds4::fuzz::guarded([&] { sink += uint64_t(f->get_f32(key) != 0); });
+    ds4::fuzz::guarded([&] { sink += f->get_bool(key); });
+    ds4::fuzz::guarded([&] { sink += f->get_str(key).size(); });
+    ds4::fuzz::guarded([&] { sink += f->get_int_array(key).size(); });
+    ds4::fuzz::guarded([&] { sink += f->get_float_array(key).size(); });
+    ds4::fuzz::guarded([&] { sink += f->get_str_array(key).size(); });
   }
   for (const ds4::GgufTensor& t : f->tensors()) {
     ds4::fuzz::check(f->find_tensor(t.name) == &t, "find_tensor() returns its tensor");
@@ -54,7 +41,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     ds4::fuzz::check(t.nelements() >= 0 && t.rows() >= 0, "non-negative element count");
     for (size_t i = 0; i < t.nbytes; ++i) sink += t.data[i];  // faults if out of the mapping
   }
-  try_get([&] { f->tensor("no such tensor"); });
+  ds4::fuzz::guarded([&] { f->tensor("no such tensor"); });
   ds4::fuzz::escape(sink);
   return 0;
 }

@@ -40,6 +40,16 @@ inline void check_one_line(const ds4::Error& e) {
   }
 }
 
+// Runs f; a ds4::Error is an accepted outcome as long as its message is one line.
+template <class F>
+void guarded(F&& f) {
+  try {
+    f();
+  } catch (const ds4::Error& e) {
+    check_one_line(e);
+  }
+}
+
 // A per-process scratch file for readers that take a path. It lives in /dev/shm when present
 // (tmpfs: no disk traffic), else $TMPDIR or /tmp, and is removed at exit.
 class ScratchFile {
