@@ -220,6 +220,7 @@ std::string join_bar(const std::vector<std::string>& v) {
 // Walks argv for the two model-writing tools: `value()` takes the next argument or fails with
 // "missing value for <flag>".
 struct ArgWalker {
+  ArgWalker(int c, char** v) : argc(c), argv(v) {}
   int argc;
   char** argv;
   int i = 1;
