@@ -21,7 +21,7 @@
 #include <cstring>
 #include <limits>
 
-#include "io/mapped_file.h"
+#include "ds4/mapped_file.h"
 #include "ds4/error.h"
 #include "ds4/gguf.h"
 #include "ds4/json.h"  // printable()

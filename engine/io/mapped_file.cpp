@@ -1,4 +1,4 @@
-#include "io/mapped_file.h"
+#include "ds4/mapped_file.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>

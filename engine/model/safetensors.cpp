@@ -7,7 +7,7 @@
 // Everything in the header is validated before any tensor pointer is handed out: the header
 // length, the JSON (strict parser, ds4/json.h), each dtype, that shape product * dtype size
 // equals end - begin, that [begin, end) lies in the data section, and that no two tensors overlap.
-#include "io/mapped_file.h"
+#include "ds4/mapped_file.h"
 #include "ds4/safetensors.h"
 
 #include <fcntl.h>

@@ -2,10 +2,6 @@
 // (layer, name, position). Only the tap order and manifest are read at open; a tap's index
 // (positions, offsets, stats, variants) is read when first needed and cached one tap at a time,
 // and data is read by hyperslab, so memory stays bounded however large the dump is.
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -15,6 +11,7 @@
 
 #include "ds4/dump.h"
 #include "ds4/error.h"
+#include "ds4/mapped_file.h"
 #include "dump_hdf5.h"
 #include "dump_schema.h"
 #include "dump_seal.h"
@@ -71,21 +68,10 @@ namespace {
 // collection ("GCOL", version 1, 3 zero bytes, u64 size; objects: u16 index, u16 refs, 4
 // reserved, u64 size, data padded to 8) is walked the way HDF5 walks it, bytes past the end of
 // the file reading as zeros as HDF5's sec2 driver returns them; a collection HDF5 would hang or
-// overrun on is refused. One sequential pass over the file (page cache), no allocation.
+// overrun on is refused. One pass over the mapped file, no allocation.
 // Assumes 8-byte lengths (HDF5's default, and what DumpWriter writes).
-void check_global_heaps(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return;  // HDF5 reports the open error
-  struct stat st;
-  if (fstat(fd, &st) != 0 || st.st_size < 16) {
-    ::close(fd);
-    return;
-  }
-  const uint64_t size = static_cast<uint64_t>(st.st_size);
-  void* map = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (map == MAP_FAILED) return;
-  const auto* base = static_cast<const uint8_t*>(map);
+void check_global_heaps(const std::string& path, const uint8_t* base, uint64_t size) {
+  if (size < 16) return;
   auto u64_at = [&](uint64_t off) {  // little-endian, zeros past the end of the file
     uint64_t v = 0;
     for (int i = 7; i >= 0; --i) v = (v << 8) | (off + i < size ? base[off + i] : 0);
@@ -126,7 +112,6 @@ void check_global_heaps(const std::string& path) {
     }
     hit += 1;
   }
-  munmap(map, size);
   if (!bad.empty()) fail(path + ": not a readable HDF5 dump (corrupt: " + bad + ")");
 }
 
@@ -154,8 +139,13 @@ DumpReader DumpReader::open(const std::string& path) {
   if (!std::filesystem::is_regular_file(path, ec))
     fail(path + ": not a readable HDF5 dump (" +
          (std::filesystem::exists(path, ec) ? "not a regular file" : "no such file") + ")");
-  verify_dump_seal(path);  // before libhdf5 parses anything (dump_seal.h says why)
-  check_global_heaps(path);
+  {
+    // Both checks run on one mapping of the file, before libhdf5 parses anything (dump_seal.h
+    // says why).
+    const MappedFile file(path);
+    verify_dump_seal(path, file.data(), file.size());
+    check_global_heaps(path, file.data(), file.size());
+  }
   const htri_t is_h5 = H5Fis_hdf5(path.c_str());
   if (is_h5 == 0) fail(path + ": not a readable HDF5 dump (no HDF5 signature)");
   if (is_h5 < 0) fail(path + ": not a readable HDF5 dump (" + h5::last_error() + ")");

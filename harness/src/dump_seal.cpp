@@ -1,8 +1,6 @@
 #include "dump_seal.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -10,6 +8,7 @@
 
 #include "ds4/dump.h"
 #include "ds4/error.h"
+#include "ds4/mapped_file.h"
 
 namespace ds4 {
 
@@ -27,30 +26,6 @@ void store_le64(uint8_t* p, uint64_t v) {
   for (int i = 0; i < 8; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
 }
 uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
-
-// The whole file, mapped read-only (or read/write for sealing).
-struct Mapping {
-  int fd = -1;
-  uint8_t* base = nullptr;
-  size_t size = 0;
-  ~Mapping() {
-    if (base) munmap(base, size);
-    if (fd >= 0) ::close(fd);
-  }
-};
-
-void map_whole(const std::string& path, bool writable, const std::string& what, Mapping* m) {
-  m->fd = ::open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
-  if (m->fd < 0) fail(path + ": " + what + ": cannot open: " + std::strerror(errno));
-  struct stat st;
-  if (fstat(m->fd, &st) != 0) fail(path + ": " + what + ": cannot stat: " + std::strerror(errno));
-  if (!S_ISREG(st.st_mode)) fail(path + ": " + what + ": not a regular file");
-  m->size = static_cast<size_t>(st.st_size);
-  if (m->size == 0) return;
-  void* p = mmap(nullptr, m->size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, m->fd, 0);
-  if (p == MAP_FAILED) fail(path + ": " + what + ": cannot mmap: " + std::strerror(errno));
-  m->base = static_cast<uint8_t*>(p);
-}
 
 }  // namespace
 
@@ -71,46 +46,48 @@ uint64_t dump_seal_checksum(const uint8_t* data, size_t n) {
 }
 
 void seal_dump(const std::string& path) {
-  Mapping m;
-  map_whole(path, true, "cannot seal dump", &m);
-  if (m.size < kDumpSealBytes) fail(path + ": cannot seal dump: file shorter than its header");
-  static const uint8_t kHdf5[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
-  if (std::memcmp(m.base, kHdf5, sizeof kHdf5) == 0)
-    fail(path + ": cannot seal dump: the HDF5 superblock is at byte 0 (create the file with a " +
-         std::to_string(kDumpSealBytes) + "-byte user block)");
   uint8_t header[kDumpSealBytes] = {};
-  std::memcpy(header, kMagic, sizeof kMagic);
-  header[16] = kHeaderVersion;
-  store_le64(header + 24, m.size);
-  store_le64(header + 32, dump_seal_checksum(m.base + kDumpSealBytes, m.size - kDumpSealBytes));
-  std::memcpy(m.base, header, sizeof header);
-  if (msync(m.base, kDumpSealBytes, MS_SYNC) != 0)
-    fail(path + ": cannot seal dump: " + std::strerror(errno));
+  {
+    const MappedFile m(path);
+    if (m.size() < kDumpSealBytes) fail(path + ": cannot seal dump: file shorter than its header");
+    static const uint8_t kHdf5[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+    if (std::memcmp(m.data(), kHdf5, sizeof kHdf5) == 0)
+      fail(path + ": cannot seal dump: the HDF5 superblock is at byte 0 (create the file with a " +
+           std::to_string(kDumpSealBytes) + "-byte user block)");
+    std::memcpy(header, kMagic, sizeof kMagic);
+    header[16] = kHeaderVersion;
+    store_le64(header + 24, m.size());
+    store_le64(header + 32, dump_seal_checksum(m.data() + kDumpSealBytes, m.size() - kDumpSealBytes));
+  }
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) fail(path + ": cannot seal dump: " + std::strerror(errno));
+  const bool written = ::pwrite(fd, header, sizeof header, 0) == static_cast<ssize_t>(sizeof header);
+  const int err = written ? 0 : (errno ? errno : EIO);
+  if (::close(fd) != 0 && written) fail(path + ": cannot seal dump: " + std::strerror(errno));
+  if (!written) fail(path + ": cannot seal dump: " + std::strerror(err));
 }
 
-void verify_dump_seal(const std::string& path) {
-  Mapping m;
-  map_whole(path, false, "not a readable HDF5 dump", &m);
+void verify_dump_seal(const std::string& path, const uint8_t* data, size_t size) {
   const std::string bad = path + ": not a readable HDF5 dump (";
   static const uint8_t kHdf5[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
-  if (m.size < sizeof kMagic || std::memcmp(m.base, kMagic, sizeof kMagic) != 0) {
-    if (m.size >= sizeof kHdf5 && std::memcmp(m.base, kHdf5, sizeof kHdf5) == 0)
+  if (size < sizeof kMagic || std::memcmp(data, kMagic, sizeof kMagic) != 0) {
+    if (size >= sizeof kHdf5 && std::memcmp(data, kHdf5, sizeof kHdf5) == 0)
       fail(bad + "an HDF5 file without the DS4 dump header: written by another program, or a "
                  "dump from before the header; regenerate it with `ds4-parity run ...`)");
     fail(bad + "no DS4 dump header: not a file written by ds4-parity)");
   }
-  if (m.size < kDumpSealBytes)
-    fail(bad + "truncated: " + std::to_string(m.size) + " bytes, shorter than the DS4 header)");
-  const uint32_t version = m.base[16] | m.base[17] << 8 | m.base[18] << 16 | uint32_t(m.base[19]) << 24;
+  if (size < kDumpSealBytes)
+    fail(bad + "truncated: " + std::to_string(size) + " bytes, shorter than the DS4 header)");
+  const uint32_t version = data[16] | data[17] << 8 | data[18] << 16 | uint32_t(data[19]) << 24;
   if (version != kHeaderVersion)
     fail(bad + "DS4 header version " + std::to_string(version) + ", this build reads " +
          std::to_string(kHeaderVersion) + ")");
-  const uint64_t length = load_le64(m.base + 24);
-  if (length != m.size)
-    fail(bad + (m.size < length ? "truncated" : "extended") + ": the header says " +
-         std::to_string(length) + " bytes, the file has " + std::to_string(m.size) + ")");
-  const uint64_t want = load_le64(m.base + 32);
-  if (dump_seal_checksum(m.base + kDumpSealBytes, m.size - kDumpSealBytes) != want)
+  const uint64_t length = load_le64(data + 24);
+  if (length != size)
+    fail(bad + (size < length ? "truncated" : "extended") + ": the header says " +
+         std::to_string(length) + " bytes, the file has " + std::to_string(size) + ")");
+  const uint64_t want = load_le64(data + 32);
+  if (dump_seal_checksum(data + kDumpSealBytes, size - kDumpSealBytes) != want)
     fail(bad + "checksum mismatch: the file was changed after it was written)");
 }
 

@@ -29,7 +29,8 @@ uint64_t dump_seal_checksum(const uint8_t* data, size_t n);
 void seal_dump(const std::string& path);
 
 // Throws ds4::Error naming the file and what is wrong (too short, no DS4 header, truncated or
-// extended, checksum mismatch) unless `path` carries a valid seal.
-void verify_dump_seal(const std::string& path);
+// extended, checksum mismatch) unless the file's bytes (data, size; `path` only names it in
+// messages) carry a valid seal.
+void verify_dump_seal(const std::string& path, const uint8_t* data, size_t size);
 
 }  // namespace ds4
