@@ -136,6 +136,8 @@ Json plan_request(const AblateConfig& cfg, const RunManifest& model_manifest,
   jput(r, "generate", jint(cfg.generate));
   jput(r, "backend", jstr(cfg.backend));
   jput(r, "gates", jstrs(gates));
+  // Only when set, so the plan of an unfiltered matrix is what it was before the option existed.
+  if (!cfg.capture.matches_all()) jput(r, "capture", jstr(cfg.capture.to_string()));
   jput(r, "tau", jnum(cfg.compare.tau));
   jput(r, "max_abs_threshold", jnum(cfg.compare.max_abs_threshold));
   Json ps = jarr();
@@ -302,7 +304,7 @@ const Reference& Matrix::reference(size_t prompt) {
     RunManifest m = make_manifest(*model_, plain, cfg_.command_line);
     m.extra["ablate.prompt"] = prompt_names_[prompt];
     m.extra["ablate.plan_id"] = plan_id_;
-    DumpWriter w(path, m, TapLevel::Full);
+    DumpWriter w(path, m, TapLevel::Full, cfg_.capture);
     run_model(model_, plain, &w);
     w.finish();
   }

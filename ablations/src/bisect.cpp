@@ -147,7 +147,7 @@ class Bisector {
     } else {
       rs.gates = cfg_.ref_gates;
     }
-    ReferenceRecorder rec(make_manifest(*model_, rs, "ds4-parity bisect (reference)"));
+    ReferenceRecorder rec(make_manifest(*model_, rs, "ds4-parity bisect (reference)"), cfg_.capture);
     run_model(model_, rs, &rec);
     ref_ = rec.finish();
     r.ref_desc = spec_text(rs);

@@ -99,12 +99,16 @@ std::shared_ptr<const Reference> Reference::load(const std::string& path) {
   return ref;
 }
 
-ReferenceRecorder::ReferenceRecorder(RunManifest manifest) : ref_(std::make_shared<Reference>()) {
+ReferenceRecorder::ReferenceRecorder(RunManifest manifest, TapFilter capture)
+    : ref_(std::make_shared<Reference>()) {
   ref_->manifest_ = std::move(manifest);
+  ref_->manifest_.tap_filter = capture.to_string();
+  ref_->filter_ = std::move(capture);
 }
 
 void ReferenceRecorder::tap(int layer, const char* name, int64_t pos, const float* data, size_t n,
                             const char* variant) {
+  if (!ref_->filter_.matches(layer, name, pos)) return;
   std::lock_guard<std::mutex> lock(mu_);
   ref_->put(ref_->add_tap(layer, name), pos, data, n, variant);
 }

@@ -133,6 +133,47 @@ TEST(Ablate, F32GemmIsRankedOnTheF32Model) {
   EXPECT_EQ(r.minimal.exact, std::vector<std::string>{"f32_gemm"});
 }
 
+// --positions / --tap-layers: the reference holds only the captured rows and every cell is
+// compared on them alone (what a long context needs: a full reference would not fit in memory).
+TEST(Ablate, CaptureFilterLimitsTheReferenceAndTheComparison) {
+  ds4::AblateConfig all = small_config(fresh_dir("capture-all"));
+  all.gates = {"q8_gemm"};
+  const ds4::AblateResult unfiltered = ds4::run_ablation(all);
+  const ds4::DivPoint first_all = unfiltered.cell("baseline")->agg.first_bit;
+  ASSERT_TRUE(first_all.found());
+  ASSERT_LT(first_all.pos, 10) << "the test needs a divergence before the captured range";
+
+  ds4::AblateConfig cfg = small_config(fresh_dir("capture"));
+  cfg.gates = {"q8_gemm"};
+  cfg.capture = ds4::TapFilter::parse("1,-1", "", "10-");
+  const ds4::AblateResult r = ds4::run_ablation(cfg);
+  ASSERT_TRUE(r.complete);
+  EXPECT_TRUE(r.strict_bit_equal);
+  const ds4::DivPoint first = r.cell("baseline")->agg.first_bit;
+  ASSERT_TRUE(first.found());
+  EXPECT_GE(first.pos, 10);
+  EXPECT_TRUE(first.layer == 1 || first.layer == -1) << first.layer;
+  EXPECT_EQ(r.cell("baseline")->agg.rows_unmatched, 0);
+
+  // The cached reference holds the captured rows and nothing else.
+  int64_t rows = 0;
+  for (const auto& e : fs::directory_iterator(cfg.state_dir + "/refs")) {
+    const ds4::DumpReader rd = ds4::DumpReader::open(e.path().string());
+    EXPECT_EQ(rd.manifest().tap_filter, "layers=-1,1 positions=10-");
+    for (const ds4::TapKey& k : rd.taps()) {
+      EXPECT_TRUE(k.layer == 1 || k.layer == -1) << k.layer << " " << k.name;
+      rd.for_each_row(k.layer, k.name, [&](const ds4::DumpRow& row) {
+        EXPECT_GE(row.pos, 10);
+        ++rows;
+      });
+    }
+  }
+  EXPECT_GT(rows, 0);
+  // The filter is part of the plan: the same folder with another filter is refused.
+  cfg.capture = ds4::TapFilter::parse("", "", "12-");
+  EXPECT_THROW(ds4::run_ablation(cfg), ds4::Error);
+}
+
 // --backend cuda: every run of the matrix (reference decode included) on the GPU.
 TEST(Ablate, CudaBackendWithoutADeviceIsAOneLineError) {
   if (ds4::cuda_device_info().available) GTEST_SKIP() << "a CUDA device is present";

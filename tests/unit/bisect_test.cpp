@@ -119,6 +119,27 @@ void expect_q8_gemm_attributed_and_local(ds4::Backend backend) {
   std::printf("%s", text.c_str());
 }
 
+// A capture filter (--positions): positions before it are not compared, so the first divergence
+// of a verifier after a long prefix is found among the verified rows alone.
+TEST(Bisect, CaptureFilterComparesOnlyTheCapturedRows) {
+  ds4::BisectConfig cfg;
+  cfg.model_path = ds4::testing::tiny_model_path("ds4");
+  auto model = ds4::Model::load(cfg.model_path);
+  cfg.tokens = ds4::testing::pseudo_tokens(24, static_cast<int>(model->hparams().n_vocab), 5);
+  cfg.threads = 2;
+  cfg.log = nullptr;
+  cfg.cand.mode = ds4::RunMode::Verify;
+  cfg.cand.prefix = 16;
+  cfg.cand.width = 4;
+  cfg.cand.gates = ds4::GateSet::parse("all=exact,q8_gemm=fast");
+  cfg.capture = ds4::TapFilter::parse("", "", "18-");
+  const ds4::BisectResult r = ds4::bisect(cfg);
+  ASSERT_FALSE(r.bit_equal);
+  EXPECT_EQ(r.first.pos, 18);  // rows 16 and 17 diverge too, but are not captured
+  EXPECT_EQ(r.gate, "q8_gemm");
+  EXPECT_EQ(r.verdict, "local") << r.explanation;
+}
+
 TEST(Bisect, AttributesAGateAndConfirmsItLocal) { expect_q8_gemm_attributed_and_local(ds4::Backend::Cpu); }
 
 TEST(Bisect, AttributesAGateAndConfirmsItLocalOnCuda) {

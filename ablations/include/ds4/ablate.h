@@ -66,6 +66,10 @@ struct AblateConfig {
   int64_t prefix = 0;                // verify: tokens decoded with N=1 first (0: the prompt)
   std::string backend = "cpu";
   std::vector<std::string> gates;    // axes; empty: every gate the backend implements
+  // The taps the reference captures and the cells are compared on (--tap-layers, --tap-names,
+  // --positions); default all. A long context (indexed attention past 2,048 tokens) needs
+  // e.g. the verified positions only: the full reference would not fit in memory.
+  TapFilter capture;
   int threads = 0;
   std::string state_dir = "ablate-state";
   int shard_index = 0, shard_count = 1;

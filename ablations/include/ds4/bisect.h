@@ -48,6 +48,7 @@ struct BisectConfig {
   std::string model_path;
   std::vector<int32_t> tokens;
   RunSpec cand;                 // mode, width, prefix, gates, fault, profile (tokens: above)
+  TapFilter capture;            // in-process runs: the taps compared (default all; see ablate.h)
   bool ref_plain = true;
   GateSet ref_gates = GateSet::all_exact();
   bool confirm = true;

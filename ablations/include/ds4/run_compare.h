@@ -64,10 +64,11 @@ class Reference {
 };
 
 // Records a run into a Reference (in memory; no dump). Rows produced twice (a verifier's
-// rollback) keep the last version.
+// rollback) keep the last version. `capture` keeps only the taps it matches (a long context's
+// reference would not fit in memory otherwise); candidates are then compared on those alone.
 class ReferenceRecorder : public TapSink {
  public:
-  explicit ReferenceRecorder(RunManifest manifest);
+  explicit ReferenceRecorder(RunManifest manifest, TapFilter capture = {});
   void tap(int layer, const char* name, int64_t pos, const float* data, size_t n,
            const char* variant) override;
   std::shared_ptr<const Reference> finish();
