@@ -1112,6 +1112,8 @@ void add_compressor(std::vector<Case>& cs) {
 }
 
 // ---- MoE ------------------------------------------------------------------------------------
+// Tier cases here; the bit-level MoE checks (warp dots of every expert type against the CPU dots,
+// moe__sorted_exact memcmp-equal to moe__decode_lut at N up to 300) are in cuda_moe_test.cpp.
 
 std::vector<float> q8k_as_floats(const std::vector<BlockQ8K>& blocks) {
   std::vector<float> o;
