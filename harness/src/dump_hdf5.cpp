@@ -137,6 +137,28 @@ void write_dataset(const Context& c, hid_t loc, const char* name, hid_t file_typ
   }
 }
 
+void write_f32_pieces(const Context& c, hid_t loc, const char* name, uint64_t n,
+                      std::vector<float>& buf,
+                      const std::function<uint64_t(std::vector<float>& buf)>& next) {
+  hsize_t dims[1] = {n};
+  Handle space(c.check(H5Screate_simple(1, dims, nullptr), "create dataspace"));
+  Handle dset(c.check(
+      H5Dcreate2(loc, name, H5T_IEEE_F32LE, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+      std::string("create dataset ") + name));
+  uint64_t at = 0;
+  while (at < n) {
+    const uint64_t k = next(buf);
+    if (k == 0 || at + k > n) c.fail(std::string("write dataset ") + name + ": rows do not add up");
+    hsize_t start[1] = {at}, count[1] = {k};
+    c.check(H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, start, nullptr, count, nullptr),
+            std::string("select rows of ") + name);
+    Handle mem(c.check(H5Screate_simple(1, count, nullptr), "create dataspace"));
+    c.check(H5Dwrite(dset.get(), H5T_NATIVE_FLOAT, mem.get(), space.get(), H5P_DEFAULT, buf.data()),
+            std::string("write dataset ") + name);
+    at += k;
+  }
+}
+
 void write_strings(const Context& c, hid_t loc, const char* name,
                    const std::vector<const char*>& values) {
   Handle type(string_type());

@@ -6,6 +6,7 @@
 #include <hdf5.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -69,6 +70,12 @@ void write_dataset(const Context& c, hid_t loc, const char* name, hid_t file_typ
                    const void* data, uint64_t n, uint64_t cols = 0);
 void write_strings(const Context& c, hid_t loc, const char* name,
                    const std::vector<const char*>& values);
+// A 1-D float32 dataset of n elements written piece by piece, so a tap's rows never have to sit
+// in memory at once: next(buf) fills buf with the following elements and returns how many (at
+// most buf.size(); the pieces in order make up exactly n elements).
+void write_f32_pieces(const Context& c, hid_t loc, const char* name, uint64_t n,
+                      std::vector<float>& buf,
+                      const std::function<uint64_t(std::vector<float>& buf)>& next);
 
 // ---- reading ----
 bool has_attr(hid_t obj, const char* name);

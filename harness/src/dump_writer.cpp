@@ -1,10 +1,13 @@
-// DumpWriter: collects taps in memory during a run, then writes one HDF5 file (dumps/SCHEMA.md)
+// DumpWriter: collects taps during a run, then writes one HDF5 file (dumps/SCHEMA.md)
 // atomically. Rows are kept per (layer, name) in arrival order and sorted by position only when
 // written, so plain (position-major) and batched (layer-major) runs produce the same layout.
+// At level full the row data waits in an unlinked scratch file beside the dump (RowSpill), not
+// in memory: a long context's full dump is larger than RAM; memory holds the per-row index.
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -26,17 +29,90 @@ namespace ds4 {
 
 namespace {
 
-// The rows of one tap, in arrival order. Shapes: pos, len, variant, stats [R]; data [sum len]
-// (level full only).
+// The rows of one tap, in arrival order. Shapes: pos, len, variant, stats [R]; spill [R] (level
+// full only: where the row's floats sit in the scratch file).
 struct TapRows {
   int layer = 0;
   std::string name;
   std::vector<int64_t> pos;
   std::vector<uint64_t> len;
-  std::vector<float> data;
+  std::vector<uint64_t> spill;
   std::vector<uint32_t> variant;  // index into Impl::variants
   std::vector<TensorStats> stats;
 };
+
+// An append-only scratch file for row data, in the dump's folder (same file system as the
+// temporary the dump is written to). It has no name from the start (O_TMPFILE) or loses it at
+// once, so a killed run leaves nothing behind and a closed one gives its blocks back.
+class RowSpill {
+ public:
+  RowSpill() = default;
+  RowSpill(const RowSpill&) = delete;
+  RowSpill& operator=(const RowSpill&) = delete;
+  ~RowSpill() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  // Throws "<dump>: cannot write dump: scratch file in '<folder>' (<errno text>)".
+  void open(const std::string& dump_path) {
+    namespace fs = std::filesystem;
+    const fs::path parent = fs::path(dump_path).parent_path();
+    const std::string folder = parent.empty() ? "." : parent.string();
+    fd_ = ::open(folder.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd_ < 0) {  // a file system without O_TMPFILE: a private name, unlinked at once
+      static std::atomic<unsigned> counter{0};
+      const std::string name = folder + "/.ds4-dump-rows." + std::to_string(::getpid()) + "." +
+                               std::to_string(counter++);
+      fd_ = ::open(name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+      if (fd_ >= 0) ::unlink(name.c_str());
+    }
+    if (fd_ < 0)
+      fail(dump_path + ": cannot write dump: scratch file in '" + folder + "' (" +
+           std::strerror(errno) + ")");
+  }
+  // Appends n floats at the end; false (and the reason) on a failed write, e.g. a full disk.
+  bool append(const float* p, size_t n, uint64_t* at, std::string* why) {
+    *at = end_;
+    const char* b = reinterpret_cast<const char*>(p);
+    size_t left = n * sizeof(float);
+    uint64_t off = end_;
+    while (left > 0) {
+      const ssize_t w = ::pwrite(fd_, b, left, static_cast<off_t>(off));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        *why = w < 0 ? std::strerror(errno) : "short write";
+        return false;
+      }
+      b += w;
+      left -= static_cast<size_t>(w);
+      off += static_cast<uint64_t>(w);
+    }
+    end_ = off;
+    return true;
+  }
+  bool read(uint64_t at, float* p, size_t n, std::string* why) const {
+    char* b = reinterpret_cast<char*>(p);
+    size_t left = n * sizeof(float);
+    while (left > 0) {
+      const ssize_t r = ::pread(fd_, b, left, static_cast<off_t>(at));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) {
+        *why = r < 0 ? std::strerror(errno) : "unexpected end of the scratch file";
+        return false;
+      }
+      b += r;
+      left -= static_cast<size_t>(r);
+      at += static_cast<uint64_t>(r);
+    }
+    return true;
+  }
+
+ private:
+  int fd_ = -1;
+  uint64_t end_ = 0;
+};
+
+// Row data is written to HDF5 in pieces of this many floats (16 MiB), or one row if longer.
+constexpr size_t kPieceFloats = size_t{4} << 20;
 
 }  // namespace
 
@@ -64,11 +140,13 @@ struct DumpWriter::Impl {
   std::string error;  // first problem seen during capture, reported by finish()
   bool finished = false;
   std::string tmp;  // set while a temporary file may exist
+  RowSpill spill;   // level full: the row data
 
   int tap_id(int layer, const char* name, int64_t pos);
   uint32_t variant_id(const char* variant);
   void write_file(const std::string& file_path);
   void write_tap(const h5::Context& c, hid_t file, std::set<int>& layer_groups, TapRows& t);
+  std::vector<float> piece;  // write_tap's buffer (kPieceFloats)
 };
 
 int DumpWriter::Impl::tap_id(int layer, const char* name, int64_t pos) {
@@ -124,6 +202,7 @@ DumpWriter::DumpWriter(std::string path, RunManifest manifest, TapLevel level, T
   impl_->level = level;
   impl_->filter_all = filter.matches_all();
   impl_->filter = std::move(filter);
+  if (level == TapLevel::Full) impl_->spill.open(impl_->path);
 }
 
 DumpWriter::~DumpWriter() {
@@ -144,14 +223,21 @@ void DumpWriter::tap(int layer, const char* name, int64_t pos, const float* data
   std::lock_guard lock(m.mu);
   if (m.finished) return;
   TapRows& t = m.taps[m.tap_id(layer, name, pos)];
+  if (m.level == TapLevel::Full) {
+    uint64_t at = 0;
+    std::string why;
+    if (!m.spill.append(data, n, &at, &why)) {
+      // Reported by finish(), which then writes nothing: the run itself goes on.
+      if (m.error.empty()) m.error = m.path + ": cannot write dump: scratch file (" + why + ")";
+      return;
+    }
+    t.spill.push_back(at);
+    m.data_bytes += n * sizeof(float);
+  }
   t.pos.push_back(pos);
   t.len.push_back(n);
   t.variant.push_back(m.variant_id(variant));
   t.stats.push_back(st);
-  if (m.level == TapLevel::Full) {
-    t.data.insert(t.data.end(), data, data + n);
-    m.data_bytes += n * sizeof(float);
-  }
   ++m.rows;
 }
 
@@ -167,28 +253,26 @@ void DumpWriter::rollback(int64_t pos) {
   std::lock_guard lock(m.mu);
   m.rows = 0;
   m.data_bytes = 0;
+  const bool full = m.level == TapLevel::Full;
   for (TapRows& t : m.taps) {
-    TapRows kept;
-    uint64_t off = 0;
+    // Rows at or after `pos` leave the index; their bytes stay unused in the scratch file.
+    size_t k = 0;
     for (size_t i = 0; i < t.pos.size(); ++i) {
-      const uint64_t len = t.len[i];
-      if (t.pos[i] < pos) {
-        kept.pos.push_back(t.pos[i]);
-        kept.len.push_back(len);
-        kept.variant.push_back(t.variant[i]);
-        kept.stats.push_back(t.stats[i]);
-        if (m.level == TapLevel::Full)
-          kept.data.insert(kept.data.end(), t.data.begin() + off, t.data.begin() + off + len);
-      }
-      off += m.level == TapLevel::Full ? len : 0;
+      if (t.pos[i] >= pos) continue;
+      t.pos[k] = t.pos[i];
+      t.len[k] = t.len[i];
+      t.variant[k] = t.variant[i];
+      t.stats[k] = t.stats[i];
+      if (full) t.spill[k] = t.spill[i];
+      ++k;
+      if (full) m.data_bytes += t.len[i] * sizeof(float);
     }
-    t.pos = std::move(kept.pos);
-    t.len = std::move(kept.len);
-    t.variant = std::move(kept.variant);
-    t.stats = std::move(kept.stats);
-    t.data = std::move(kept.data);
-    m.rows += t.pos.size();
-    m.data_bytes += t.data.size() * sizeof(float);
+    t.pos.resize(k);
+    t.len.resize(k);
+    t.variant.resize(k);
+    t.stats.resize(k);
+    if (full) t.spill.resize(k);
+    m.rows += k;
   }
   m.last_at_pos.clear();
 }
@@ -235,6 +319,7 @@ void DumpWriter::Impl::write_file(const std::string& file_path) {
   namespace s = dump_schema;
   h5::quiet();
   const h5::Context c{path + ": cannot write dump"};
+  if (level == TapLevel::Full) piece.resize(kPieceFloats);
   // The first kDumpSealBytes are an HDF5 user block, filled with the seal (dump_seal.h).
   h5::Handle fcpl(c.check(H5Pcreate(H5P_FILE_CREATE), "file creation properties"));
   c.check(H5Pset_userblock(fcpl.get(), kDumpSealBytes), "reserve the DS4 header");
@@ -313,17 +398,12 @@ void DumpWriter::Impl::write_tap(const h5::Context& c, hid_t file, std::set<int>
                        "create group " + gname));
   const hid_t loc = g.get();
 
-  // Rows sorted by position. Arrival order is already ascending per tap in plain and batched
-  // runs, so the permutation is usually the identity and the data is written without a copy.
+  // Rows sorted by position (arrival order is usually ascending already).
   const size_t P = t.pos.size();
   std::vector<size_t> perm(P);
   std::iota(perm.begin(), perm.end(), size_t{0});
   std::stable_sort(perm.begin(), perm.end(),
                    [&](size_t a, size_t b) { return t.pos[a] < t.pos[b]; });
-  const bool identity = std::is_sorted(t.pos.begin(), t.pos.end());
-
-  std::vector<int64_t> arrival_off(P + 1, 0);  // offsets of rows in arrival order
-  for (size_t i = 0; i < P; ++i) arrival_off[i + 1] = arrival_off[i] + int64_t(t.len[i]);
 
   std::vector<int64_t> pos(P), off(P + 1, 0);
   std::vector<double> absmax(P), mean(P);
@@ -349,19 +429,26 @@ void DumpWriter::Impl::write_tap(const h5::Context& c, hid_t file, std::set<int>
   h5::write_dataset(c, loc, s::kPositions, H5T_STD_I64LE, H5T_NATIVE_INT64, pos.data(), P);
   h5::write_dataset(c, loc, s::kOffsets, H5T_STD_I64LE, H5T_NATIVE_INT64, off.data(), P + 1);
   if (level == TapLevel::Full) {
-    if (identity) {
-      h5::write_dataset(c, loc, s::kData, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, t.data.data(),
-                        t.data.size());
-    } else {
-      std::vector<float> sorted(t.data.size());
-      for (size_t k = 0; k < P; ++k) {
-        const size_t i = perm[k];
-        std::copy(t.data.begin() + arrival_off[i], t.data.begin() + arrival_off[i + 1],
-                  sorted.begin() + off[k]);
-      }
-      h5::write_dataset(c, loc, s::kData, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, sorted.data(),
-                        sorted.size());
-    }
+    // Rows in position order from the scratch file, a piece (several rows) at a time.
+    size_t next_row = 0;
+    h5::write_f32_pieces(c, loc, s::kData, static_cast<uint64_t>(off[P]), piece,
+                         [&](std::vector<float>& buf) -> uint64_t {
+                           uint64_t filled = 0;
+                           while (next_row < P) {
+                             const size_t i = perm[next_row];
+                             const uint64_t len = t.len[i];
+                             if (filled + len > buf.size()) {
+                               if (filled > 0) break;
+                               buf.resize(len);  // one row longer than a piece
+                             }
+                             std::string why;
+                             if (!spill.read(t.spill[i], buf.data() + filled, len, &why))
+                               c.fail("read the rows of " + gname + " back (" + why + ")");
+                             filled += len;
+                             ++next_row;
+                           }
+                           return filled;
+                         });
   }
   h5::write_strings(c, loc, s::kVariant, variant);
   h5::write_dataset(c, loc, s::kAbsmax, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, absmax.data(), P);

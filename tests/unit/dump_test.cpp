@@ -469,6 +469,50 @@ TEST(DumpRoundTrip, DuplicatePositionAndRollback) {
   EXPECT_EQ(r.variant(0, "q", 3), "decode");
 }
 
+// Rows wait in an unlinked scratch file, not in memory, and come back in position order across
+// the 16 MiB write pieces: rows that arrive out of order, a rollback that re-runs positions, and
+// one row longer than a whole piece (5M floats). While the writer runs, its folder shows no file.
+TEST(DumpRoundTrip, RowsSpilledToAScratchFileComeBackExactly) {
+  const std::string dir = test_dir() + "/spill";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string path = dir + "/spill.h5";
+  const size_t long_row = size_t{5} << 20;
+  {
+    ds4::DumpWriter w(path, sample_manifest(), ds4::TapLevel::Full);
+    for (int64_t p : {5, 1, 3, 0, 2, 4, 6}) {
+      const auto r = row_for(0, "hc", p, 1u << 20);  // 4 MiB rows: pieces of 4 rows
+      w.tap(0, "hc", p, r.data(), r.size(), "a");
+    }
+    const auto big = row_for(-1, "logits", 0, long_row);
+    w.tap(-1, "logits", 0, big.data(), big.size(), "a");
+    const auto junk = row_for(0, "hc", 99, 1u << 20);
+    w.tap(0, "hc", 7, junk.data(), junk.size(), "rejected");
+    w.rollback(7);  // a verifier's rejected row: its bytes stay in the scratch file, unused
+    const auto r7 = row_for(0, "hc", 7, 3);  // re-run with another length
+    w.tap(0, "hc", 7, r7.data(), r7.size(), "b");
+    EXPECT_TRUE(fs::is_empty(dir)) << "the scratch file must have no name";
+    EXPECT_EQ(w.data_bytes(), (7 * (size_t{1} << 20) + 3 + long_row) * sizeof(float));
+    w.finish();
+  }
+  const auto r = ds4::DumpReader::open(path);
+  const std::vector<int64_t> want_pos = {0, 1, 2, 3, 4, 5, 6, 7};
+  EXPECT_EQ(r.positions(0, "hc"), want_pos);
+  for (int64_t p = 0; p < 7; ++p) {
+    const auto want = row_for(0, "hc", p, 1u << 20);
+    const auto got = r.row(0, "hc", p);
+    EXPECT_TRUE(bits_equal(got, want.data(), want.size())) << "position " << p;
+  }
+  EXPECT_EQ(r.row(0, "hc", 7), row_for(0, "hc", 7, 3));
+  EXPECT_EQ(r.variant(0, "hc", 7), "b");
+  const auto big = row_for(-1, "logits", 0, long_row);
+  EXPECT_TRUE(bits_equal(r.row(-1, "logits", 0), big.data(), big.size()));
+  std::vector<std::string> left;
+  for (const auto& e : fs::directory_iterator(dir)) left.push_back(e.path().filename().string());
+  EXPECT_EQ(left, std::vector<std::string>{"spill.h5"});
+  fs::remove_all(dir);
+}
+
 TEST(DumpRoundTrip, BadTapNameIsReported) {
   const std::string path = fresh_path("badname.h5");
   ds4::DumpWriter w(path, sample_manifest(), ds4::TapLevel::Stats);
