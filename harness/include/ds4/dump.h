@@ -3,7 +3,8 @@
 // construction, plus the run manifest as root attributes. The layout is dumps/SCHEMA.md
 // (schema_version 1); readers refuse every other version.
 //
-//   DumpWriter  a TapSink: collects taps in memory (stats, and data at level full), then
+//   DumpWriter  a TapSink: collects taps (stats in memory; data at level full in an unlinked
+//               scratch file beside the dump, so memory holds only the row index), then
 //               finish() writes <path>.tmp.<pid> and renames it to <path>, so the final name
 //               only ever holds a complete file.
 //   DumpReader  opens and validates a dump; random access by key and a streaming for_each_row()
@@ -93,7 +94,7 @@ class DumpWriter : public TapSink {
   const std::string& path() const;
   const RunManifest& manifest() const;
   size_t rows() const;        // captured (tap, position) rows
-  size_t data_bytes() const;  // bytes of float data held in memory (0 at level stats)
+  size_t data_bytes() const;  // bytes of float data captured so far (0 at level stats)
 
  private:
   struct Impl;
