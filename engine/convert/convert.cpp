@@ -403,6 +403,7 @@ ConvertResult convert_hf_to_gguf(const ConvertOptions& opt) {
 
   // ---- write ----
   GgufWriter w;
+  w.spill_tensors_near(opt.output);  // a real checkpoint is larger than memory
   hp.write(w);
   w.set_str("general.name", model_name(dir, mix.name));
   const std::string tok_path = (fs::path(dir) / "tokenizer.json").string();

@@ -1,11 +1,13 @@
-// GGUF v3 writer. Metadata and tensors are held in memory in insertion order; write() streams
-// them to "<path>.tmp.<pid>.<n>" and renames it over <path> only once every byte (and the close)
-// has succeeded, so readers never see a partial file and a failed write leaves nothing behind.
+// GGUF v3 writer. Metadata and tensors are held in insertion order (tensor data in memory, or in
+// a ScratchFile after spill_tensors_near); write() streams them to "<path>.tmp.<pid>.<n>" and
+// renames it over <path> only once every byte (and the close) has succeeded, so readers never
+// see a partial file and a failed write leaves nothing behind.
 // The temporary's name is unique per process and call: writers racing to create the same file
 // (test programs generating a shared model on first use) each rename a complete file of their
 // own; with a shared temporary one would rename the other's half-written bytes into place.
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -15,6 +17,7 @@
 
 #include "ds4/error.h"
 #include "ds4/gguf.h"
+#include "ds4/scratch_file.h"
 
 namespace ds4 {
 
@@ -27,8 +30,14 @@ struct PendingTensor {
   std::string name;
   std::vector<int64_t> ne;
   QType type;
-  std::vector<uint8_t> data;
+  std::vector<uint8_t> data;  // in memory, or ...
+  uint64_t spill_at = 0;      // ... at this offset of the scratch file (spilled)
+  uint64_t nbytes = 0;
+  bool spilled = false;
 };
+
+// Spilled tensors are copied into the output in pieces of this many bytes.
+constexpr size_t kCopyPiece = size_t{16} << 20;
 
 // Buffered output that remembers the first I/O error instead of checking at every call site.
 class Output {
@@ -129,6 +138,8 @@ struct GgufWriter::Impl {
   std::map<std::string, size_t> kv_index;
   std::vector<PendingTensor> tensors;
   std::map<std::string, size_t> tensor_index;
+  ScratchFile spill;
+  std::string spill_path;  // the output path named in spill errors
 
   void set(const std::string& key, GgufValue v) {
     auto it = kv_index.find(key);
@@ -165,11 +176,24 @@ struct GgufWriter::Impl {
       for (int64_t d : t.ne) out.pod<uint64_t>(uint64_t(d));
       out.pod<uint32_t>(static_cast<uint32_t>(t.type));
       out.pod<uint64_t>(offset);
-      offset += (t.data.size() + align - 1) / align * align;
+      offset += (t.nbytes + align - 1) / align * align;
     }
     out.pad_to(align);
+    std::vector<uint8_t> piece;
     for (const PendingTensor& t : tensors) {
-      out.bytes(t.data.data(), t.data.size());
+      if (!t.spilled) {
+        out.bytes(t.data.data(), t.data.size());
+      } else {
+        piece.resize(std::min<uint64_t>(kCopyPiece, t.nbytes));
+        for (uint64_t done = 0; done < t.nbytes;) {
+          const size_t k = static_cast<size_t>(std::min<uint64_t>(piece.size(), t.nbytes - done));
+          std::string why;
+          if (!spill.read(t.spill_at + done, piece.data(), k, &why))
+            fail(spill_path + ": write failed: reading tensor '" + t.name + "' back (" + why + ")");
+          out.bytes(piece.data(), k);
+          done += k;
+        }
+      }
       out.pad_to(align);
     }
   }
@@ -296,7 +320,13 @@ void GgufWriter::add_tensor(const std::string& name, const std::vector<int64_t>&
     fail(who + " has " + std::to_string(nbytes) + " bytes, expected " +
          std::to_string(expected) + " for its type and shape");
   PendingTensor t{name, ne, type, {}};
-  if (nbytes > 0) {
+  t.nbytes = nbytes;
+  if (impl_->spill.is_open()) {
+    std::string why;
+    if (nbytes > 0 && !impl_->spill.append(data, nbytes, &t.spill_at, &why))
+      fail(impl_->spill_path + ": write failed: " + why);
+    t.spilled = true;
+  } else if (nbytes > 0) {
     const auto* p = static_cast<const uint8_t*>(data);
     t.data.assign(p, p + nbytes);
   }
@@ -305,6 +335,17 @@ void GgufWriter::add_tensor(const std::string& name, const std::vector<int64_t>&
 }
 
 size_t GgufWriter::tensor_count() const { return impl_->tensors.size(); }
+
+void GgufWriter::spill_tensors_near(const std::string& path) {
+  if (impl_->spill.is_open()) return;
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  std::error_code ec;
+  if (!parent.empty() && !std::filesystem::is_directory(parent, ec))
+    fail(path + ": cannot create: folder '" + parent.string() + "' does not exist");
+  std::string why;
+  if (!impl_->spill.open(parent.string(), &why)) fail(path + ": cannot create: " + why);
+  impl_->spill_path = path;
+}
 
 void GgufWriter::write(const std::string& path) const {
   const uint32_t align = impl_->alignment();

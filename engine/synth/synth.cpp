@@ -350,6 +350,7 @@ void write_synth_model(const SynthOptions& opt, const std::string& path) {
   const std::vector<QType> types = plan_tensor_types(specs, mix);  // fail before any work
 
   GgufWriter w;
+  w.spill_tensors_near(path);  // flash-shape is GiBs: tensors wait on disk, not in memory
   hp.write(w);
   w.set_str("general.name", synth_model_name(opt));
   write_tokenizer_metadata(w, make_synthetic_vocab(static_cast<int32_t>(hp.n_vocab)));

@@ -1,13 +1,12 @@
 // DumpWriter: collects taps during a run, then writes one HDF5 file (dumps/SCHEMA.md)
 // atomically. Rows are kept per (layer, name) in arrival order and sorted by position only when
 // written, so plain (position-major) and batched (layer-major) runs produce the same layout.
-// At level full the row data waits in an unlinked scratch file beside the dump (RowSpill), not
-// in memory: a long context's full dump is larger than RAM; memory holds the per-row index.
+// At level full the row data waits in an unlinked scratch file beside the dump (ScratchFile),
+// not in memory: a long context's full dump is larger than RAM; memory holds the per-row index.
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -21,6 +20,7 @@
 
 #include "ds4/dump.h"
 #include "ds4/error.h"
+#include "ds4/scratch_file.h"
 #include "dump_hdf5.h"
 #include "dump_schema.h"
 #include "dump_seal.h"
@@ -39,76 +39,6 @@ struct TapRows {
   std::vector<uint64_t> spill;
   std::vector<uint32_t> variant;  // index into Impl::variants
   std::vector<TensorStats> stats;
-};
-
-// An append-only scratch file for row data, in the dump's folder (same file system as the
-// temporary the dump is written to). It has no name from the start (O_TMPFILE) or loses it at
-// once, so a killed run leaves nothing behind and a closed one gives its blocks back.
-class RowSpill {
- public:
-  RowSpill() = default;
-  RowSpill(const RowSpill&) = delete;
-  RowSpill& operator=(const RowSpill&) = delete;
-  ~RowSpill() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  // Throws "<dump>: cannot write dump: scratch file in '<folder>' (<errno text>)".
-  void open(const std::string& dump_path) {
-    namespace fs = std::filesystem;
-    const fs::path parent = fs::path(dump_path).parent_path();
-    const std::string folder = parent.empty() ? "." : parent.string();
-    fd_ = ::open(folder.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-    if (fd_ < 0) {  // a file system without O_TMPFILE: a private name, unlinked at once
-      static std::atomic<unsigned> counter{0};
-      const std::string name = folder + "/.ds4-dump-rows." + std::to_string(::getpid()) + "." +
-                               std::to_string(counter++);
-      fd_ = ::open(name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
-      if (fd_ >= 0) ::unlink(name.c_str());
-    }
-    if (fd_ < 0)
-      fail(dump_path + ": cannot write dump: scratch file in '" + folder + "' (" +
-           std::strerror(errno) + ")");
-  }
-  // Appends n floats at the end; false (and the reason) on a failed write, e.g. a full disk.
-  bool append(const float* p, size_t n, uint64_t* at, std::string* why) {
-    *at = end_;
-    const char* b = reinterpret_cast<const char*>(p);
-    size_t left = n * sizeof(float);
-    uint64_t off = end_;
-    while (left > 0) {
-      const ssize_t w = ::pwrite(fd_, b, left, static_cast<off_t>(off));
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) {
-        *why = w < 0 ? std::strerror(errno) : "short write";
-        return false;
-      }
-      b += w;
-      left -= static_cast<size_t>(w);
-      off += static_cast<uint64_t>(w);
-    }
-    end_ = off;
-    return true;
-  }
-  bool read(uint64_t at, float* p, size_t n, std::string* why) const {
-    char* b = reinterpret_cast<char*>(p);
-    size_t left = n * sizeof(float);
-    while (left > 0) {
-      const ssize_t r = ::pread(fd_, b, left, static_cast<off_t>(at));
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) {
-        *why = r < 0 ? std::strerror(errno) : "unexpected end of the scratch file";
-        return false;
-      }
-      b += r;
-      left -= static_cast<size_t>(r);
-      at += static_cast<uint64_t>(r);
-    }
-    return true;
-  }
-
- private:
-  int fd_ = -1;
-  uint64_t end_ = 0;
 };
 
 // Row data is written to HDF5 in pieces of this many floats (16 MiB), or one row if longer.
@@ -140,7 +70,7 @@ struct DumpWriter::Impl {
   std::string error;  // first problem seen during capture, reported by finish()
   bool finished = false;
   std::string tmp;  // set while a temporary file may exist
-  RowSpill spill;   // level full: the row data
+  ScratchFile spill;  // level full: the row data
 
   int tap_id(int layer, const char* name, int64_t pos);
   uint32_t variant_id(const char* variant);
@@ -202,7 +132,13 @@ DumpWriter::DumpWriter(std::string path, RunManifest manifest, TapLevel level, T
   impl_->level = level;
   impl_->filter_all = filter.matches_all();
   impl_->filter = std::move(filter);
-  if (level == TapLevel::Full) impl_->spill.open(impl_->path);
+  if (level == TapLevel::Full) {
+    const std::string folder = std::filesystem::path(impl_->path).parent_path().string();
+    std::string why;
+    if (!impl_->spill.open(folder, &why))
+      fail(impl_->path + ": cannot write dump: scratch file in '" + (folder.empty() ? "." : folder) +
+           "' (" + why + ")");
+  }
 }
 
 DumpWriter::~DumpWriter() {
@@ -226,7 +162,7 @@ void DumpWriter::tap(int layer, const char* name, int64_t pos, const float* data
   if (m.level == TapLevel::Full) {
     uint64_t at = 0;
     std::string why;
-    if (!m.spill.append(data, n, &at, &why)) {
+    if (!m.spill.append(data, n * sizeof(float), &at, &why)) {
       // Reported by finish(), which then writes nothing: the run itself goes on.
       if (m.error.empty()) m.error = m.path + ": cannot write dump: scratch file (" + why + ")";
       return;
@@ -442,7 +378,7 @@ void DumpWriter::Impl::write_tap(const h5::Context& c, hid_t file, std::set<int>
                                buf.resize(len);  // one row longer than a piece
                              }
                              std::string why;
-                             if (!spill.read(t.spill[i], buf.data() + filled, len, &why))
+                             if (!spill.read(t.spill[i], buf.data() + filled, len * sizeof(float), &why))
                                c.fail("read the rows of " + gname + " back (" + why + ")");
                              filled += len;
                              ++next_row;

@@ -374,6 +374,33 @@ TEST(Gguf, CopyThroughWriterIsByteIdentical) {
   EXPECT_EQ(read_file(dir.file("a.gguf")), read_file(dir.file("b.gguf")));
 }
 
+// spill_tensors_near: the same bytes as the in-memory writer, a tensor larger than one 16 MiB copy
+// piece included, and nothing visible in the folder before write() (the scratch file is unnamed).
+TEST(Gguf, SpilledTensorsWriteTheSameBytes) {
+  TempDir dir;
+  const size_t big = (size_t{20} << 20) + 12;  // F32 [5M + 3]
+  const std::vector<uint8_t> big_data = pattern(big, 77);
+  auto fill = [&](GgufWriter& w) {
+    set_all_types(w);
+    uint8_t seed = 1;
+    for (const TensorCase& c : tensor_cases())
+      w.add_tensor(c.name, c.ne, c.type, pattern(c.nbytes, seed++).data(), c.nbytes);
+    w.add_tensor("big", {int64_t(big / 4)}, QType::F32, big_data.data(), big);
+  };
+  GgufWriter mem;
+  fill(mem);
+  mem.write(dir.file("mem.gguf"));
+  const std::string sub = dir.file("spill");
+  std::filesystem::create_directories(sub);
+  GgufWriter w;
+  w.spill_tensors_near(sub + "/s.gguf");
+  fill(w);
+  EXPECT_TRUE(std::filesystem::is_empty(sub));
+  w.write(sub + "/s.gguf");
+  EXPECT_EQ(read_file(dir.file("mem.gguf")), read_file(sub + "/s.gguf"));
+  EXPECT_THROW(GgufWriter().spill_tensors_near(dir.file("no/such/folder/x.gguf")), ds4::Error);
+}
+
 TEST(Gguf, CustomAlignmentIsHonoured) {
   TempDir dir;
   GgufWriter w;

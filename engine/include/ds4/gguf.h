@@ -125,6 +125,11 @@ class GgufWriter {
   // Throws on a duplicate name or a size that does not match the type and shape.
   void add_tensor(const std::string& name, const std::vector<int64_t>& ne, QType type,
                   const void* data, size_t nbytes);
+  // For outputs larger than memory (a converted Flash checkpoint): tensor data added from now
+  // on waits in an unlinked scratch file in the folder of `path` (the file write() will create)
+  // instead of in memory, and is copied into place by write(). A failed scratch write (a full
+  // disk) throws "<path>: write failed: <reason>", the message write() itself gives.
+  void spill_tensors_near(const std::string& path);
   size_t tensor_count() const;
   // Writes GGUF v3 with general.alignment (default 32) to path via path + ".tmp" and rename.
   void write(const std::string& path) const;
