@@ -72,13 +72,19 @@ TEST(Bisect, FindsPlantedFaultsExactlyFromDumps) {
   }
 }
 
-TEST(Bisect, FindsPlantedFaultsInProcessOnABatchedStrictRun) {
+// An in-process bisect of n pseudo-random tokens on the tiny ds4 model (2 threads, no log).
+static ds4::BisectConfig tiny_config(int n_tokens, uint32_t seed) {
   ds4::BisectConfig cfg;
   cfg.model_path = ds4::testing::tiny_model_path("ds4");
   auto model = ds4::Model::load(cfg.model_path);
-  cfg.tokens = ds4::testing::pseudo_tokens(24, static_cast<int>(model->hparams().n_vocab), 9);
+  cfg.tokens = ds4::testing::pseudo_tokens(n_tokens, static_cast<int>(model->hparams().n_vocab), seed);
   cfg.threads = 2;
   cfg.log = nullptr;
+  return cfg;
+}
+
+TEST(Bisect, FindsPlantedFaultsInProcessOnABatchedStrictRun) {
+  ds4::BisectConfig cfg = tiny_config(24, 9);
   cfg.cand.mode = ds4::RunMode::Batched;
   cfg.cand.gates = ds4::GateSet::all_exact();
   for (const Planting& p : kPlantings) {
@@ -96,12 +102,7 @@ TEST(Bisect, FindsPlantedFaultsInProcessOnABatchedStrictRun) {
 // q8_gemm alone fast on a strict batched run: bisect must name the gate, its fast variant, and
 // confirm the divergence is local. The same on either backend.
 void expect_q8_gemm_attributed_and_local(ds4::Backend backend) {
-  ds4::BisectConfig cfg;
-  cfg.model_path = ds4::testing::tiny_model_path("ds4");
-  auto model = ds4::Model::load(cfg.model_path);
-  cfg.tokens = ds4::testing::pseudo_tokens(20, static_cast<int>(model->hparams().n_vocab), 3);
-  cfg.threads = 2;
-  cfg.log = nullptr;
+  ds4::BisectConfig cfg = tiny_config(20, 3);
   cfg.cand.backend = backend;
   cfg.cand.mode = ds4::RunMode::Batched;
   cfg.cand.gates = ds4::GateSet::parse("all=exact,q8_gemm=fast");
@@ -122,12 +123,7 @@ void expect_q8_gemm_attributed_and_local(ds4::Backend backend) {
 // A capture filter (--positions): positions before it are not compared, so the first divergence
 // of a verifier after a long prefix is found among the verified rows alone.
 TEST(Bisect, CaptureFilterComparesOnlyTheCapturedRows) {
-  ds4::BisectConfig cfg;
-  cfg.model_path = ds4::testing::tiny_model_path("ds4");
-  auto model = ds4::Model::load(cfg.model_path);
-  cfg.tokens = ds4::testing::pseudo_tokens(24, static_cast<int>(model->hparams().n_vocab), 5);
-  cfg.threads = 2;
-  cfg.log = nullptr;
+  ds4::BisectConfig cfg = tiny_config(24, 5);
   cfg.cand.mode = ds4::RunMode::Verify;
   cfg.cand.prefix = 16;
   cfg.cand.width = 4;
@@ -148,12 +144,7 @@ TEST(Bisect, AttributesAGateAndConfirmsItLocalOnCuda) {
 }
 
 TEST(Bisect, GatesDdminGivesAOneMinimalFailingSet) {
-  ds4::BisectConfig cfg;
-  cfg.model_path = ds4::testing::tiny_model_path("ds4");
-  auto model = ds4::Model::load(cfg.model_path);
-  cfg.tokens = ds4::testing::pseudo_tokens(12, static_cast<int>(model->hparams().n_vocab), 5);
-  cfg.threads = 2;
-  cfg.log = nullptr;
+  ds4::BisectConfig cfg = tiny_config(12, 5);
   cfg.confirm = false;
   cfg.gates_ddmin = true;
   cfg.cand.mode = ds4::RunMode::Batched;
@@ -171,6 +162,7 @@ TEST(Bisect, GatesDdminGivesAOneMinimalFailingSet) {
   s.gates.set(ds4::gate_from_name(r.minimal_failing[0]), ds4::GateState::Fast);
   ds4::RunSpec p = s;
   p.mode = ds4::RunMode::Plain;
+  const auto model = ds4::Model::load(cfg.model_path);
   const auto a = ds4::run_model(model, p, nullptr), b = ds4::run_model(model, s, nullptr);
   EXPECT_NE(a.logits, b.logits);
 }
