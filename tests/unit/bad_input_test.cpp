@@ -310,6 +310,8 @@ const std::vector<Row>& rows() {
       {"prompt file (`ablate --prompts`)", "no prompts (comments only)", Tool::Parity, {"ablate", "-m", "{MODEL}", "--prompts", "{DIR}/prompts-empty.txt", "--state", "{OUT}"}, {}, {"prompts-empty.txt", "no prompts"}, "ablate"},
       {"prompt file (`ablate --prompts`)", "'@' without a file", Tool::Parity, {"ablate", "-m", "{MODEL}", "--prompts", "{DIR}/prompts-at.txt", "--state", "{OUT}"}, {}, {"prompts-at.txt:2", "'@'"}, "ablate"},
       {"flag", "bad --shard (ablate)", Tool::Parity, {"ablate", "-m", "{MODEL}", "--prompts", "{DIR}/prompts-ok.txt", "--shard", "3/2", "--state", "{OUT}"}, {}, {"--shard", "3/2"}, "ablate"},
+      {"tap filter (`--positions`)", "bad range (ablate)", Tool::Parity, {"ablate", "-m", "{MODEL}", "--prompts", "{DIR}/prompts-ok.txt", "--positions", "abc", "--state", "{OUT}"}, {}, {"positions", "'abc'"}, "ablate"},
+      {"flag", "capture filter with dumps (bisect)", Tool::Parity, {"bisect", "{DIR}/good.h5", "{DIR}/good.h5", "--positions", "5-"}, {}, {"--positions", "in-process"}, "bisect"},
       // ---- gate string (--gates, DS4_GATES) ----
       {"gate string (`--gates`)", "unknown gate", Tool::Ds4, ds4_ok({"--gates", "q8_gemmm=exact"}), {}, {"--gates", "q8_gemmm"}},
       {"gate string (`--gates`)", "bad state", Tool::Parity, run_ok({"--mode", "batched", "--gates", "q8_gemm=slow"}), {}, {"--gates", "q8_gemm=slow"}},
