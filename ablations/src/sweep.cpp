@@ -89,7 +89,7 @@ SweepResult sweep(const SweepConfig& cfg) {
   plain.profile = cfg.profile;
   plain.threads = cfg.threads;
   plain.tokens = cfg.tokens;
-  ReferenceRecorder rec(make_manifest(*model, plain, "ds4-parity sweep (reference)"));
+  ReferenceRecorder rec(make_manifest(*model, plain, "ds4-parity sweep (reference)"), cfg.capture);
   run_model(model, plain, &rec);
   const auto ref = rec.finish();
 

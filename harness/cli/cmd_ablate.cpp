@@ -26,10 +26,10 @@ std::vector<std::string> split_list(const std::string& s) {
 
 int cmd_ablate(const std::vector<std::string>& args) {
   std::string model_path, prompts_file, token_files, profile = "ds4", mode = "batched", gates, state = "ablate-state",
-                                                     shard, json_out, rank_by = "severity", backend = "cpu",
-                                                     tap_layers, tap_names, positions;
+                                                     shard, json_out, rank_by = "severity", backend = "cpu";
   int64_t generate = 64, width = 0, prefix = 0, threads = 0;
   bool merge = false, no_minimal = false, verify_minimal = false, quiet = false;
+  TapFilterFlags capture;
   std::vector<std::string> dirs;
   ArgParser p("ablate");
   p.option("-m", &model_path, "model GGUF (default: the built-in tiny model)")
@@ -41,11 +41,9 @@ int cmd_ablate(const std::vector<std::string>& args) {
       .option("--width", &width, "batched: tokens per forward (0 = all); verify: rows per pass", 0, 1 << 20)
       .option("--prefix", &prefix, "verify: tokens decoded with N=1 first (0 = the prompt)", 0, 1 << 24)
       .option("--backend", &backend, "cpu or cuda: where every run goes; its gates form the axes")
-      .option("--only", &gates, "gate axes, comma separated (default: every gate of the backend)")
-      .option("--tap-layers", &tap_layers, "compare only these layers, e.g. 0,2-3 (-1 = head)")
-      .option("--tap-names", &tap_names, "compare only these taps, comma separated")
-      .option("--positions", &positions, "compare only these positions, e.g. 2048- (long contexts)")
-      .option("--threads", &threads, "CPU threads (0 = all)", 0, 4096)
+      .option("--only", &gates, "gate axes, comma separated (default: every gate of the backend)");
+  capture.add_to(p, "compare");
+  p.option("--threads", &threads, "CPU threads (0 = all)", 0, 4096)
       .option("--state", &state, "state folder (plan, cached references, one file per finished cell)")
       .option("--shard", &shard, "i/n: run cells i, i+n, ... only (0-based), then --merge the folders")
       .flag("--merge", &merge, "join the state folders given as arguments and rank")
@@ -77,7 +75,7 @@ int cmd_ablate(const std::vector<std::string>& args) {
   cfg.prefix = prefix;
   cfg.backend = backend;
   cfg.gates = split_list(gates);
-  cfg.capture = TapFilter::parse(tap_layers, tap_names, positions);
+  cfg.capture = capture.filter();
   cfg.threads = static_cast<int>(threads ? threads : env.threads);
   cfg.state_dir = state;
   if (rank_by != "severity" && rank_by != "first" && rank_by != "max-abs" && rank_by != "ulp" && rank_by != "kld" &&

@@ -11,10 +11,10 @@ namespace ds4 {
 
 int cmd_bisect(const std::vector<std::string>& args) {
   std::string model_path, prompt = "Hello! Who are you?", token_file, mode = "batched", profile = "ds4",
-                          cand = "all=fast", ref = "plain", fault, json_out, backend = "cpu", tap_layers, tap_names,
-                          positions;
+                          cand = "all=fast", ref = "plain", fault, json_out, backend = "cpu";
   int64_t generate = 64, width = 0, prefix = 0, threads = 0;
   bool gates = false, no_confirm = false, quiet = false;
+  TapFilterFlags capture;
   std::vector<std::string> dumps;
   ArgParser p("bisect");
   p.option("-m", &model_path, "model GGUF for in-process runs (default: the built-in tiny model)")
@@ -28,11 +28,9 @@ int cmd_bisect(const std::vector<std::string>& args) {
       .option("--profile", &profile, "numerics profile: ds4 or plain")
       .option("--cand", &cand, "candidate gate settings (default all=fast)")
       .option("--ref", &ref, "reference: plain (N=1 decode, default) or gate settings of a batched run")
-      .option("--fault", &fault, "plant a one-ULP fault in the candidate: layer:tap:pos[:element]")
-      .option("--tap-layers", &tap_layers, "in-process runs: compare only these layers (-1 = head)")
-      .option("--tap-names", &tap_names, "in-process runs: compare only these taps, comma separated")
-      .option("--positions", &positions, "in-process runs: compare only these positions, e.g. 2048-")
-      .flag("--gates", &gates, "delta debugging over gates: the minimal failing set")
+      .option("--fault", &fault, "plant a one-ULP fault in the candidate: layer:tap:pos[:element]");
+  capture.add_to(p, "in-process runs: compare");
+  p.flag("--gates", &gates, "delta debugging over gates: the minimal failing set")
       .flag("--no-confirm", &no_confirm, "skip the confirmation reruns")
       .option("--threads", &threads, "CPU threads (0 = all)", 0, 4096)
       .flag("--quiet", &quiet, "no rerun log on stderr")
@@ -50,7 +48,7 @@ int cmd_bisect(const std::vector<std::string>& args) {
   cfg.threads = static_cast<int>(threads ? threads : env.threads);
   cfg.log = quiet ? nullptr : stderr;
   if (dumps.size() == 2) {
-    if (!tap_layers.empty() || !tap_names.empty() || !positions.empty())
+    if (capture.given())
       fail("bad flag: --tap-layers/--tap-names/--positions apply to in-process runs (dumps keep their own filter)");
     cfg.dump_a = dumps[0];
     cfg.dump_b = dumps[1];
@@ -69,7 +67,7 @@ int cmd_bisect(const std::vector<std::string>& args) {
     cfg.cand.prefix = cfg.cand.mode == RunMode::Verify && prefix == 0 ? 1 : prefix;
     cfg.cand.gates = GateSet::parse(cand);
     if (!fault.empty()) cfg.cand.fault = FaultInjection::parse(fault);
-    cfg.capture = TapFilter::parse(tap_layers, tap_names, positions);
+    cfg.capture = capture.filter();
     cfg.ref_plain = ref == "plain";
     if (!cfg.ref_plain) cfg.ref_gates = GateSet::parse(ref);
   }

@@ -12,10 +12,11 @@ namespace ds4 {
 
 int cmd_run(const std::vector<std::string>& args) {
   std::string model_path, prompt = "Hello", system = "You are a helpful assistant", token_file, mode = "plain",
-                          profile = "ds4", gates, fault, taps = "full", tap_layers, tap_names, positions, out,
+                          profile = "ds4", gates, fault, taps = "full", out,
                           drafts = "given", backend = "cpu";
   int64_t width = 0, prefix = 0, generate = 0, threads = 0;
   bool nothink = false, strict = false;
+  TapFilterFlags tap_filter;
   ArgParser p("run");
   p.option("-m", &model_path, "model GGUF (default: the built-in tiny model)")
       .option("--prompt", &prompt, "user prompt, rendered with the chat template")
@@ -32,11 +33,9 @@ int cmd_run(const std::vector<std::string>& args) {
       .option("--gates", &gates, "gate settings, e.g. all=fast,q8_gemm=exact")
       .flag("--strict", &strict, "every gate exact")
       .option("--fault", &fault, "negative control: one ULP at layer:tap:pos[:element]")
-      .option("--taps", &taps, "tap level: off | stats | full")
-      .option("--tap-layers", &tap_layers, "only these layers, e.g. 0,2-3 (-1 = head)")
-      .option("--tap-names", &tap_names, "only these taps, comma separated")
-      .option("--positions", &positions, "only these positions, e.g. 10-20")
-      .option("--threads", &threads, "CPU threads (0 = all)", 0, 4096)
+      .option("--taps", &taps, "tap level: off | stats | full");
+  tap_filter.add_to(p, "dump");
+  p.option("--threads", &threads, "CPU threads (0 = all)", 0, 4096)
       .option("-o", &out, "output dump (.h5); written atomically");
   if (!p.parse(args)) {
     std::fputs(p.usage().c_str(), stdout);
@@ -55,7 +54,7 @@ int cmd_run(const std::vector<std::string>& args) {
   spec.prefix = prefix;
   spec.drafts = drafts;
   const TapLevel level = tap_level_from_name(taps);
-  const TapFilter filter = TapFilter::parse(tap_layers, tap_names, positions);
+  const TapFilter filter = tap_filter.filter();
 
   const std::string path = model_path.empty() ? builtin_model_path(env) : model_path;
   std::shared_ptr<const Model> model = Model::load(path);

@@ -14,6 +14,7 @@ int cmd_sweep(const std::vector<std::string>& args) {
                           json_out;
   int64_t generate = 64, max_width = 16, prefix = 0, threads = 0;
   bool strict = false, quiet = false;
+  TapFilterFlags capture;
   ArgParser p("sweep");
   p.option("-m", &model_path, "model GGUF (default: the built-in tiny model)")
       .option("--prompt", &prompt, "user prompt")
@@ -24,8 +25,9 @@ int cmd_sweep(const std::vector<std::string>& args) {
       .flag("--strict", &strict, "every gate exact (must be bit-equal at every width)")
       .option("--max-width", &max_width, "K: verify widths 1..K (0: none)", 0, 4096)
       .option("--prefix", &prefix, "verify: tokens decoded with N=1 first (default: the prompt)", 0, 1 << 24)
-      .option("--lengths", &lengths, "prefill lengths: 1,8,64 | 1-64 | pow2 (default: none)")
-      .option("--threads", &threads, "CPU threads (0 = all)", 0, 4096)
+      .option("--lengths", &lengths, "prefill lengths: 1,8,64 | 1-64 | pow2 (default: none)");
+  capture.add_to(p, "compare");
+  p.option("--threads", &threads, "CPU threads (0 = all)", 0, 4096)
       .flag("--quiet", &quiet, "no progress bar")
       .option("--json", &json_out, "write the result as JSON");
   if (!p.parse(args)) {
@@ -48,6 +50,7 @@ int cmd_sweep(const std::vector<std::string>& args) {
   cfg.max_width = max_width;
   if (!lengths.empty()) cfg.lengths = parse_lengths(lengths, static_cast<int64_t>(cfg.tokens.size()));
   cfg.threads = static_cast<int>(threads ? threads : env.threads);
+  cfg.capture = capture.filter();
   cfg.progress = quiet ? nullptr : stderr;
   const SweepResult r = sweep(cfg);
   std::fputs(sweep_result_text(r).c_str(), stdout);

@@ -50,6 +50,22 @@ TEST(Sweep, ReportsTheDecodeToBatchedThreshold) {
   EXPECT_EQ(ds4::sweep_result_json(r).at("widths").as_array().size(), 5u);
 }
 
+// With a capture filter the rows before it are not compared: the first divergence of a width
+// is the first captured verified row (ablate.h, long contexts).
+TEST(Sweep, CaptureFilterComparesOnlyTheCapturedRows) {
+  ds4::SweepConfig cfg = tiny_sweep();
+  cfg.gates = ds4::GateSet::parse("all=exact,q8_gemm=fast");
+  cfg.lengths.clear();
+  cfg.max_width = 3;
+  cfg.capture = ds4::TapFilter::parse("", "", std::to_string(cfg.prefix + 2) + "-");
+  const ds4::SweepResult r = ds4::sweep(cfg);
+  EXPECT_TRUE(r.widths[0].bit_equal);
+  for (size_t i = 1; i < r.widths.size(); ++i) {
+    EXPECT_FALSE(r.widths[i].bit_equal);
+    EXPECT_EQ(r.widths[i].first.pos, cfg.prefix + 2);
+  }
+}
+
 TEST(Sweep, LengthSpecs) {
   EXPECT_EQ(ds4::parse_lengths("pow2", 10), (std::vector<int64_t>{1, 2, 4, 8, 10}));
   EXPECT_EQ(ds4::parse_lengths("3-5,1,99", 10), (std::vector<int64_t>{1, 3, 4, 5, 10}));

@@ -29,6 +29,7 @@ struct SweepConfig {
   int64_t prefix = 1;             // verify: tokens decoded with N=1 before the first pass
   int64_t max_width = 16;         // K; 0: no width sweep
   std::vector<int64_t> lengths;   // prefill lengths; empty: no length sweep
+  TapFilter capture;              // the taps compared (default all; see ablate.h)
   int threads = 0;
   CompareRunOptions compare;
   std::FILE* progress = stderr;
