@@ -926,7 +926,7 @@ TEST(DumpEngine, Measure320Tokens) {
     const double wr = std::chrono::duration<double>(t2 - t1).count();
     const auto r = ds4::DumpReader::open(path);
     std::printf(
-        "[ measure ] %s: %zu taps x positions = %zu rows, %.1f MiB in memory, file %.2f MiB,"
+        "[ measure ] %s: %zu taps x positions = %zu rows, %.1f MiB of row data, file %.2f MiB,"
         " forward+capture %.3f s, finish() %.3f s\n",
         ds4::tap_level_name(level), r.taps().size(), w.rows(), double(w.data_bytes()) / 1048576.0,
         double(fs::file_size(path)) / 1048576.0, fwd, wr);
