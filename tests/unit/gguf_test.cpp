@@ -23,6 +23,7 @@
 #include <random>
 
 #include "ds4/error.h"
+#include "../support/errors.h"
 #include "../support/scratch.h"
 
 namespace {
@@ -52,16 +53,7 @@ std::vector<uint8_t> read_file(const std::string& path) {
 
 // Opens `path` expecting a ds4::Error; checks the message is one line naming the file.
 std::string open_error(const std::string& path) {
-  try {
-    GgufFile::open(path);
-  } catch (const ds4::Error& e) {
-    std::string msg = e.what();
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
-    EXPECT_EQ(msg.rfind(path + ": ", 0), 0u) << msg;
-    return msg;
-  }
-  ADD_FAILURE() << "no error opening " << path;
-  return "";
+  return ds4::testing::open_error_of(path, [](const std::string& p) { GgufFile::open(p); });
 }
 
 // Little-endian byte builder for hand-made (possibly defective) GGUF files.

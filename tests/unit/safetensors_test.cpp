@@ -13,6 +13,7 @@
 #include <fstream>
 
 #include "ds4/error.h"
+#include "../support/errors.h"
 #include "../support/scratch.h"
 
 namespace {
@@ -44,16 +45,7 @@ std::string make_file(const std::string& header, const std::string& data) {
 }
 
 std::string open_error(const std::string& path) {
-  try {
-    SafetensorsFile::open(path);
-  } catch (const ds4::Error& e) {
-    std::string msg = e.what();
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
-    EXPECT_EQ(msg.rfind(path + ": ", 0), 0u) << msg;
-    return msg;
-  }
-  ADD_FAILURE() << "no error opening " << path;
-  return "";
+  return ds4::testing::open_error_of(path, [](const std::string& p) { SafetensorsFile::open(p); });
 }
 
 // A valid file with one tensor of each convertible dtype; the last tensor ends the file.
