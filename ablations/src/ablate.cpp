@@ -6,8 +6,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "ablate_internal.h"
 #include "ds4/cuda_backend.h"
@@ -363,6 +365,21 @@ CellResult Matrix::run_cell(const CellSpec& spec) {
   return c;
 }
 
+// A killed run may have saved a cell's file and died before its "saved" line: name those cells
+// "recovered", so the log accounts for every saved cell exactly once.
+void Matrix::log_recovered(const std::vector<const CellSpec*>& cells) {
+  std::set<std::string> logged;
+  std::ifstream f(fs::path(cfg_.state_dir) / "events.log");
+  for (std::string line; std::getline(f, line);) {
+    for (const char* word : {" saved ", " recovered "}) {
+      const size_t at = line.find(word);
+      if (at != std::string::npos) logged.insert(line.substr(at + std::strlen(word)));
+    }
+  }
+  for (const CellSpec* c : cells)
+    if (!logged.count(c->id) && fs::exists(cell_path(c->id))) log_event("recovered", c->id);
+}
+
 void Matrix::run_shard(int index, int count) {
   std::vector<const CellSpec*> mine;
   for (size_t i = 0; i < cells_.size(); ++i)
@@ -370,6 +387,7 @@ void Matrix::run_shard(int index, int count) {
   int64_t done = 0;
   for (const CellSpec* c : mine) done += fs::exists(cell_path(c->id));
   resumed_ = done;
+  if (done > 0) log_recovered(mine);
   // References first (cached), so the progress bar measures cells only.
   if (done < static_cast<int64_t>(mine.size()))
     for (size_t i = 0; i < tokens_.size(); ++i) reference(i);

@@ -42,6 +42,7 @@ class Matrix {
   std::vector<std::string> reference_manifests();
   std::optional<CellResult> load_cell(const std::string& id) const;
   void log_event(const std::string& what, const std::string& id);
+  void log_recovered(const std::vector<const CellSpec*>& cells);
   void compute_minimal(AblateResult& r);
 
   AblateConfig cfg_;

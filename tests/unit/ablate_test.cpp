@@ -248,15 +248,52 @@ TEST(Ablate, ResumeAfterSigkillLosesAndRepeatsNoCell) {
   EXPECT_EQ(matrix_ran.size(), total - before.size());
   for (const std::string& id : matrix_ran) EXPECT_EQ(before.count(id), 0u) << id << " ran twice";
   EXPECT_EQ(saved_cells(state).size() - (ran.size() - matrix_ran.size()), total);
-  // The audit log: every matrix cell saved exactly once, across both processes.
-  std::map<std::string, int> saves;
+  // The audit log: every matrix cell saved exactly once, across both processes. A kill between a
+  // cell's file and its "saved" line (the test kills right after the third file appears) is
+  // accounted for by one "recovered" line from the resumed run, for a cell saved before the kill.
+  std::map<std::string, int> saves, recovered;
   std::ifstream log(state + "/events.log");
   for (std::string line; std::getline(log, line);) {
-    const size_t at = line.find(" saved ");
-    if (at != std::string::npos) ++saves[line.substr(at + 7)];
+    if (const size_t at = line.find(" saved "); at != std::string::npos) ++saves[line.substr(at + 7)];
+    if (const size_t at = line.find(" recovered "); at != std::string::npos) ++recovered[line.substr(at + 11)];
   }
-  for (const auto& c : ds4::matrix_cells(cfg.gates)) EXPECT_EQ(saves[c.id], 1) << c.id;
+  for (const auto& c : ds4::matrix_cells(cfg.gates)) {
+    EXPECT_EQ(saves[c.id] + recovered[c.id], 1) << c.id;
+    if (recovered[c.id]) EXPECT_EQ(before.count(c.id), 1u) << c.id << " recovered but not saved before the kill";
+  }
   EXPECT_TRUE(r.strict_bit_equal);
+}
+
+// A cell whose file was saved but whose "saved" line was lost (a kill between the two) is named
+// "recovered" by the next run, once.
+TEST(Ablate, ResumeLogsACellSavedWithoutItsLine) {
+  const std::string state = fresh_dir("recover");
+  ds4::AblateConfig cfg = small_config(state);
+  cfg.gates = {"q8_gemm"};
+  cfg.minimal = false;
+  ds4::run_ablation(cfg);
+  const std::string path = state + "/events.log";
+  std::vector<std::string> kept;
+  {
+    std::ifstream in(path);
+    for (std::string line; std::getline(in, line);)
+      if (line.find(" saved strict") == std::string::npos) kept.push_back(line);
+  }
+  {
+    std::ofstream out(path, std::ios::trunc);
+    for (const std::string& line : kept) out << line << "\n";
+  }
+  auto count = [&](const std::string& word) {
+    std::ifstream in(path);
+    int n = 0;
+    for (std::string line; std::getline(in, line);) n += line.find(word) != std::string::npos;
+    return n;
+  };
+  ds4::run_ablation(cfg);
+  EXPECT_EQ(count(" recovered strict"), 1);
+  EXPECT_EQ(count(" recovered "), 1) << "only the cell whose line was lost";
+  ds4::run_ablation(cfg);
+  EXPECT_EQ(count(" recovered strict"), 1) << "recorded once";
 }
 
 TEST(Ablate, ShardsMergeAndPlanChangesAreRefused) {

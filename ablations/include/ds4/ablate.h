@@ -19,7 +19,10 @@
 //   cells/<cell>.json    one file per finished cell, written atomically the moment it finishes,
 //                        so a killed matrix loses at most the cell that was running and never
 //                        records one twice; a resumed run skips every cell whose file exists
-//   events.log           one line per cell started / saved (pid, time): the audit trail
+//   events.log           one line per cell started / saved (pid, time): the audit trail. The
+//                        cell file is the record and its line follows it, so a kill between
+//                        the two loses the line; a resumed run then adds "recovered <cell>" for
+//                        each cell file without its "saved" line (each cell: exactly one of them)
 // `--shard i/n` runs cells i, i+n, i+2n, ... (index order of the plan); shards may share one
 // folder or use their own; `--merge DIR...` checks that every folder holds the same plan_id and
 // joins the cells (a cell present twice must carry identical results: the exact paths are
