@@ -40,8 +40,8 @@
 #include <string>
 #include <vector>
 
+#include "../support/hf_fixture.h"
 #include "../support/tiny_models.h"
-#include "ds4/convert.h"
 #include "ds4/engine.h"
 #include "ds4/gguf.h"
 #include "ds4/json.h"
@@ -54,7 +54,6 @@ const std::string kSource = DS4_SOURCE_DIR;
 const std::string kBinary = DS4_BINARY_DIR;
 const std::string kModules = kBinary + "/oracle-node";  // where scripts/setup-llama-oracle installs
 const std::string kScript = kSource + "/scripts/oracle/llama_cpp_logits.mjs";
-const std::string kFixture = kSource + "/tests/fixtures/hf-tiny";
 constexpr int kGreedy = 32;
 
 // ---- running llama.cpp ----
@@ -229,16 +228,7 @@ double percentile(std::vector<double> v, double q) {
   return v[static_cast<size_t>(q * (v.size() - 1))];
 }
 
-template <typename T>
-std::vector<T> read_binary(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  EXPECT_TRUE(f.good()) << path;
-  f.seekg(0, std::ios::end);
-  std::vector<T> v(static_cast<size_t>(f.tellg()) / sizeof(T));
-  f.seekg(0);
-  f.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(T)));
-  return v;
-}
+using ds4::testing::read_binary;
 
 // ---- tolerance tiers ----
 //
@@ -371,15 +361,8 @@ Agreement check_agreement(const char* what, const OurRun& ours, const LlamaRun& 
 
 TEST(LlamaOracle, HfTinyF32MatchesPlainProfile) {
   if (auto why = oracle_missing()) GTEST_SKIP() << *why;
-  const std::string gguf = kBinary + "/test-models/llama-oracle-hf-tiny-f32.gguf";
-  fs::create_directories(fs::path(gguf).parent_path());
-  ds4::ConvertOptions co;
-  co.input = kFixture + "/model.safetensors";
-  co.config = kFixture + "/config.json";
-  co.quant_mix = "f32";
-  co.output = gguf;
-  ds4::convert_hf_to_gguf(co);
-  const auto tokens = read_binary<int32_t>(kFixture + "/tokens.i32");
+  const std::string gguf = ds4::testing::hf_tiny_f32_path();
+  const auto tokens = read_binary<int32_t>(ds4::testing::kHfFixture + "/tokens.i32");
   ASSERT_EQ(tokens.size(), 320u);
 
   const LlamaRun L = run_llama(gguf, tokens);
@@ -423,7 +406,7 @@ TEST_P(LlamaOracleSynth, PlainProfileWithinTier) {
   if (auto why = oracle_missing()) GTEST_SKIP() << *why;
   const Tier& tier = GetParam();
   const std::string gguf = ds4::testing::tiny_model_path(tier.mix);
-  const auto tokens = read_binary<int32_t>(kFixture + "/tokens.i32");  // tiny preset: same vocab
+  const auto tokens = read_binary<int32_t>(ds4::testing::kHfFixture + "/tokens.i32");  // tiny preset: same vocab
   const LlamaRun L = run_llama(gguf, tokens);
   ASSERT_FALSE(L.logits.empty());
   auto model = ds4::Model::load(gguf);

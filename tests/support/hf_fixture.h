@@ -1,5 +1,6 @@
 // Test helpers: the HF transformers oracle fixture (tests/fixtures/hf-tiny, see its README.md),
-// shared by tests/oracle/hf_oracle_test.cpp (CPU reference) and hf_oracle_cuda_test.cpp (CUDA).
+// shared by tests/oracle/hf_oracle_test.cpp (CPU reference), hf_oracle_cuda_test.cpp (CUDA) and
+// llama_oracle_test.cpp (the same model through llama.cpp).
 //   tokens.i32           (320) int32 token ids
 //   logits_cpu_fp64.f64  (320, 512) f64: HF eager on CPU, one prefill
 //   logits_step.f32      (320, 512) f32: HF's decode path, one token per forward
@@ -41,9 +42,9 @@ std::vector<T> read_binary(const std::string& path) {
 }
 
 // The fixture's upstream safetensors through ds4-convert to an F32 GGUF (every tensor F32, the
-// routed experts included), loaded. The writer renames a private temporary into place, so test
-// programs converting concurrently each see a whole file.
-inline std::shared_ptr<ds4::Model> hf_tiny_f32_model() {
+// routed experts included); returns its path. The writer renames a private temporary into place,
+// so test programs converting concurrently each see a whole file.
+inline std::string hf_tiny_f32_path() {
   const std::string out = std::string(DS4_BINARY_DIR) + "/test-models/hf-tiny-f32.gguf";
   std::filesystem::create_directories(std::filesystem::path(out).parent_path());
   ds4::ConvertOptions o;
@@ -52,8 +53,10 @@ inline std::shared_ptr<ds4::Model> hf_tiny_f32_model() {
   o.quant_mix = "f32";
   o.output = out;
   ds4::convert_hf_to_gguf(o);
-  return ds4::Model::load(out);
+  return out;
 }
+
+inline std::shared_ptr<ds4::Model> hf_tiny_f32_model() { return ds4::Model::load(hf_tiny_f32_path()); }
 
 // Logits of T positions (T, V) against a reference (T, V): max-abs (fp64) with its position, and
 // the positions whose argmax (first maximum) differs.
