@@ -4,7 +4,8 @@
 //   tokens.i32           (320) int32 token ids
 //   logits_cpu_fp64.f64  (320, 512) f64: HF eager on CPU, one prefill
 //   logits_step.f32      (320, 512) f32: HF's decode path, one token per forward
-// and the tap recorder + strict batched-vs-decodes check the CUDA tests share.
+// and the strict batched-vs-decodes check the CUDA tests share (their tap recorder:
+// recording_sink.h).
 #pragma once
 #include <gtest/gtest.h>
 
@@ -24,6 +25,7 @@
 
 #include "ds4/convert.h"
 #include "ds4/engine.h"
+#include "recording_sink.h"
 
 namespace ds4::testing {
 
@@ -91,27 +93,6 @@ inline void report_hf(const char* what, const HfComparison& c, int64_t T = 320) 
               static_cast<long long>(c.worst_pos), static_cast<long long>(c.argmax_mismatch),
               static_cast<long long>(T));
 }
-
-// A TapSink keeping every tap by (layer, name, pos), each written once (also used by
-// tests/unit/cuda_forward_test.cpp).
-class RecordingSink : public ds4::TapSink {
- public:
-  using Key = std::tuple<int, std::string, int64_t>;
-  std::map<Key, std::vector<float>> taps;
-  std::map<Key, std::string> variants;
-  void tap(int layer, const char* name, int64_t pos, const float* data, size_t n, const char* variant) override {
-    const Key k{layer, name, pos};
-    auto& v = taps[k];
-    EXPECT_TRUE(v.empty()) << "tap written twice: " << layer << " " << name << " " << pos;
-    v.assign(data, data + n);
-    variants[k] = variant ? variant : "";
-  }
-  bool used_variant(const std::string& v) const {
-    for (const auto& [k, s] : variants)
-      if (s == v) return true;
-    return false;
-  }
-};
 
 inline bool bytes_equal(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);

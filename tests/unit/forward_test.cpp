@@ -11,22 +11,11 @@
 #include "ds4/engine.h"
 #include "ds4/error.h"
 #include "ds4/synth.h"
+#include "../support/recording_sink.h"
 
 namespace {
 
-// Records every tap as raw bytes keyed by (layer, name, position).
-class RecordingSink : public ds4::TapSink {
- public:
-  using Key = std::tuple<int, std::string, int64_t>;
-  std::map<Key, std::vector<float>> taps;
-  size_t count = 0;
-  void tap(int layer, const char* name, int64_t pos, const float* data, size_t n, const char*) override {
-    auto& v = taps[{layer, name, pos}];
-    EXPECT_TRUE(v.empty()) << "tap written twice: " << layer << " " << name << " " << pos;
-    v.assign(data, data + n);
-    ++count;
-  }
-};
+using ds4::testing::RecordingSink;
 
 std::string model_path(const std::string& mix, bool mtp = false) {
   const std::string dir = std::string(DS4_BINARY_DIR) + "/test-models";
