@@ -12,23 +12,12 @@
 #include "ds4/error.h"
 #include "ds4/synth.h"
 #include "../support/recording_sink.h"
+#include "../support/tiny_models.h"
 
 namespace {
 
 using ds4::testing::RecordingSink;
-
-std::string model_path(const std::string& mix, bool mtp = false) {
-  const std::string dir = std::string(DS4_BINARY_DIR) + "/test-models";
-  std::filesystem::create_directories(dir);
-  const std::string path = dir + "/tiny-" + mix + (mtp ? "-mtp" : "") + ".gguf";
-  if (!std::filesystem::exists(path)) {
-    ds4::SynthOptions o;
-    o.quant_mix = mix;
-    o.mtp = mtp;
-    ds4::write_synth_model(o, path);
-  }
-  return path;
-}
+using ds4::testing::tiny_model_path;
 
 std::vector<int32_t> test_tokens(int n, int vocab) {
   std::vector<int32_t> t(n);
@@ -54,7 +43,7 @@ class ForwardTest : public ::testing::TestWithParam<Param> {};
 // 200 tokens cross a ratio-128 window end (127) and make the indexer select (more than
 // top_k = 16 visible rows from position 67 on), so every block of the forward is exercised.
 TEST_P(ForwardTest, BatchedIsBitEqualToDecodes) {
-  auto model = ds4::Model::load(model_path(GetParam().mix));
+  auto model = ds4::Model::load(tiny_model_path(GetParam().mix));
   const auto tokens = test_tokens(200, static_cast<int>(model->hparams().n_vocab));
   ds4::SessionOptions so;
   so.profile = GetParam().profile;
@@ -115,7 +104,7 @@ INSTANTIATE_TEST_SUITE_P(Mixes, ForwardTest,
                          });
 
 TEST(Forward, SnapshotRollbackReplaysExactly) {
-  auto model = ds4::Model::load(model_path("ds4"));
+  auto model = ds4::Model::load(tiny_model_path("ds4"));
   const auto tokens = test_tokens(90, static_cast<int>(model->hparams().n_vocab));
   ds4::SessionOptions strict;
   strict.gates = ds4::GateSet::all_exact();
@@ -137,7 +126,7 @@ TEST(Forward, SnapshotRollbackReplaysExactly) {
 }
 
 TEST(Forward, ThreadCountDoesNotChangeResults) {
-  auto model = ds4::Model::load(model_path("ds4"));
+  auto model = ds4::Model::load(tiny_model_path("ds4"));
   const auto tokens = test_tokens(40, static_cast<int>(model->hparams().n_vocab));
   ds4::SessionOptions one, many;
   one.n_threads = 1;
@@ -147,7 +136,7 @@ TEST(Forward, ThreadCountDoesNotChangeResults) {
 }
 
 TEST(Forward, ProfilesDiffer) {
-  auto model = ds4::Model::load(model_path("ds4"));
+  auto model = ds4::Model::load(tiny_model_path("ds4"));
   const auto tokens = test_tokens(20, static_cast<int>(model->hparams().n_vocab));
   ds4::SessionOptions d, p;
   d.profile = ds4::Profile::Ds4;
@@ -161,7 +150,7 @@ TEST(Forward, ProfilesDiffer) {
 }
 
 TEST(Forward, MtpDraftIsDeterministicAndShaped) {
-  auto model = ds4::Model::load(model_path("ds4", true));
+  auto model = ds4::Model::load(tiny_model_path("ds4", true));
   ASSERT_TRUE(model->has_mtp());
   const auto tokens = test_tokens(12, static_cast<int>(model->hparams().n_vocab));
   ds4::Session a(model, {}), b(model, {});
@@ -178,7 +167,7 @@ TEST(Forward, MtpDraftIsDeterministicAndShaped) {
 }
 
 TEST(Forward, BadInputsThrow) {
-  auto model = ds4::Model::load(model_path("ds4"));
+  auto model = ds4::Model::load(tiny_model_path("ds4"));
   ds4::SessionOptions so;
   so.max_ctx = 8;
   ds4::Session s(model, so);
