@@ -336,14 +336,23 @@ void GgufWriter::add_tensor(const std::string& name, const std::vector<int64_t>&
 
 size_t GgufWriter::tensor_count() const { return impl_->tensors.size(); }
 
-void GgufWriter::spill_tensors_near(const std::string& path) {
-  if (impl_->spill.is_open()) return;
+namespace {
+
+// The folder `path` goes into ("" for the current one); a missing folder is named before any work.
+std::string existing_folder_of(const std::string& path) {
   const std::filesystem::path parent = std::filesystem::path(path).parent_path();
   std::error_code ec;
   if (!parent.empty() && !std::filesystem::is_directory(parent, ec))
     fail(path + ": cannot create: folder '" + parent.string() + "' does not exist");
+  return parent.string();
+}
+
+}  // namespace
+
+void GgufWriter::spill_tensors_near(const std::string& path) {
+  if (impl_->spill.is_open()) return;
   std::string why;
-  if (!impl_->spill.open(parent.string(), &why)) fail(path + ": cannot create: " + why);
+  if (!impl_->spill.open(existing_folder_of(path), &why)) fail(path + ": cannot create: " + why);
   impl_->spill_path = path;
 }
 
@@ -351,12 +360,7 @@ void GgufWriter::write(const std::string& path) const {
   const uint32_t align = impl_->alignment();
   static std::atomic<uint64_t> calls{0};
   const std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(calls++);
-  {
-    const std::filesystem::path parent = std::filesystem::path(path).parent_path();
-    std::error_code ec;
-    if (!parent.empty() && !std::filesystem::is_directory(parent, ec))
-      fail(path + ": cannot create: folder '" + parent.string() + "' does not exist");
-  }
+  existing_folder_of(path);
   int err = 0;
   {
     Output out(tmp);

@@ -114,16 +114,14 @@ DumpWriter::DumpWriter(std::string path, RunManifest manifest, TapLevel level, T
   impl_->path = std::move(path);
   // Fail before the run, not after it: a missing or unwritable output folder is found here,
   // before any forward pass is spent on a dump that cannot be written.
-  {
-    namespace fs = std::filesystem;
-    const fs::path parent = fs::path(impl_->path).parent_path();
-    const std::string folder = parent.empty() ? "." : parent.string();
-    std::error_code ec;
-    if (!fs::is_directory(folder, ec))
-      fail(impl_->path + ": cannot write dump: folder '" + folder + "' does not exist");
-    if (::access(folder.c_str(), W_OK) != 0)
-      fail(impl_->path + ": cannot write dump: folder '" + folder + "' is not writable");
-  }
+  namespace fs = std::filesystem;
+  const fs::path parent = fs::path(impl_->path).parent_path();
+  const std::string folder = parent.empty() ? "." : parent.string();
+  std::error_code ec;
+  if (!fs::is_directory(folder, ec))
+    fail(impl_->path + ": cannot write dump: folder '" + folder + "' does not exist");
+  if (::access(folder.c_str(), W_OK) != 0)
+    fail(impl_->path + ": cannot write dump: folder '" + folder + "' is not writable");
   impl_->manifest = std::move(manifest);
   impl_->manifest.schema_version = kDumpSchemaVersion;
   impl_->manifest.tap_level = tap_level_name(level);
@@ -132,13 +130,9 @@ DumpWriter::DumpWriter(std::string path, RunManifest manifest, TapLevel level, T
   impl_->level = level;
   impl_->filter_all = filter.matches_all();
   impl_->filter = std::move(filter);
-  if (level == TapLevel::Full) {
-    const std::string folder = std::filesystem::path(impl_->path).parent_path().string();
-    std::string why;
-    if (!impl_->spill.open(folder, &why))
-      fail(impl_->path + ": cannot write dump: scratch file in '" + (folder.empty() ? "." : folder) +
-           "' (" + why + ")");
-  }
+  std::string why;
+  if (level == TapLevel::Full && !impl_->spill.open(folder, &why))
+    fail(impl_->path + ": cannot write dump: scratch file in '" + folder + "' (" + why + ")");
 }
 
 DumpWriter::~DumpWriter() {
