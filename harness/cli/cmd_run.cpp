@@ -23,7 +23,7 @@ int cmd_run(const std::vector<std::string>& args) {
       .option("--system", &system, "system text for the chat template")
       .flag("--nothink", &nothink, "open the assistant turn with </think>")
       .option("--tokens", &token_file, "token file (.i32 binary or text) instead of a prompt")
-      .option("--generate", &generate, "teacher forcing: append N greedy tokens of an exact plain run", 0, 1 << 20)
+      .option("--generate", &generate, "teacher forcing: append N greedy tokens of a plain run on the backend", 0, 1 << 20)
       .option("--mode", &mode, "plain | batched | verify")
       .option("--width", &width, "batched: tokens per forward (0 = all); verify: rows per pass", 0, 1 << 20)
       .option("--prefix", &prefix, "verify: tokens decoded with N=1 first", 0, 1 << 24)
@@ -64,7 +64,7 @@ int cmd_run(const std::vector<std::string>& args) {
     spec.generate = generate;  // mtp drafts generate after the tokens
     if (spec.prefix == 0) spec.prefix = static_cast<int64_t>(tokens.size());
   } else {
-    tokens = teacher_forced_tokens(model, spec.profile, tokens, generate);
+    tokens = teacher_forced_tokens(model, spec.profile, tokens, generate, spec.backend);
   }
   if (spec.mode == RunMode::Verify && spec.prefix == 0) spec.prefix = 1;
   spec.tokens = tokens;
@@ -73,15 +73,20 @@ int cmd_run(const std::vector<std::string>& args) {
   for (const std::string& a : args) cmdline += " " + a;
   DumpWriter writer(out, make_manifest(*model, spec, cmdline), level, filter);
   const RunResult r = run_model(model, spec, level == TapLevel::Off ? nullptr : &writer);
+  writer.set_tokens(r.tokens);  // with MTP drafts: the prefix and the tokens it generated
   writer.finish();
   const auto bytes = std::filesystem::file_size(out);
   std::printf("%s: %s run of %zu tokens (%lld forwards, %.3f s, %s, gates %s) -> %s (%.1f KiB, %zu rows)\n",
               path.c_str(), run_mode_name(spec.mode), r.tokens.size(), static_cast<long long>(r.forwards), r.seconds,
               profile_name(spec.profile), spec.mode == RunMode::Plain ? "n/a" : spec.gates.to_string().c_str(),
               out.c_str(), bytes / 1024.0, writer.rows());
-  if (spec.drafts == "mtp")
-    std::printf("drafts: %lld accepted, %lld rejected\n", static_cast<long long>(r.drafts_accepted),
-                static_cast<long long>(r.drafts_rejected));
+  if (spec.drafts == "mtp") {
+    const int64_t offered = r.drafts_accepted + r.drafts_rejected;
+    std::printf("drafts: %lld accepted, %lld rejected (acceptance %.1f%%), %.1f tokens per verify pass\n",
+                static_cast<long long>(r.drafts_accepted), static_cast<long long>(r.drafts_rejected),
+                offered > 0 ? 100.0 * static_cast<double>(r.drafts_accepted) / static_cast<double>(offered) : 0.0,
+                r.verify_passes > 0 ? static_cast<double>(r.generated) / static_cast<double>(r.verify_passes) : 0.0);
+  }
   return 0;
 }
 

@@ -80,6 +80,8 @@ void verify_with_mtp(Session& s, const RunSpec& spec, int64_t V, TapSink* sink, 
       append(out.logits, redo);
     }
     out.tokens.insert(out.tokens.end(), drafts.begin(), drafts.begin() + accepted);
+    ++out.verify_passes;
+    out.generated += static_cast<int64_t>(accepted);
   }
 }
 
@@ -185,10 +187,11 @@ std::vector<int32_t> read_token_file(const std::string& path, int64_t n_vocab) {
 }
 
 std::vector<int32_t> teacher_forced_tokens(const std::shared_ptr<const Model>& model, Profile profile,
-                                           const std::vector<int32_t>& prompt, int64_t n) {
+                                           const std::vector<int32_t>& prompt, int64_t n, Backend backend) {
   if (n <= 0) return prompt;
   RunSpec spec;
   spec.profile = profile;
+  spec.backend = backend;
   Session s(model, session_options(spec, static_cast<int64_t>(prompt.size()) + n));
   std::vector<int32_t> out = prompt;
   const int64_t V = model->hparams().n_vocab;

@@ -141,6 +141,7 @@ DumpWriter::~DumpWriter() {
 
 const std::string& DumpWriter::path() const { return impl_->path; }
 const RunManifest& DumpWriter::manifest() const { return impl_->manifest; }
+void DumpWriter::set_tokens(std::vector<int32_t> tokens) { impl_->manifest.tokens = std::move(tokens); }
 size_t DumpWriter::rows() const { return impl_->rows; }
 size_t DumpWriter::data_bytes() const { return impl_->data_bytes; }
 

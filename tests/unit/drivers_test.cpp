@@ -7,7 +7,9 @@
 #include <fstream>
 
 #include "ds4/drivers.h"
+#include "ds4/dump.h"
 #include "ds4/error.h"
+#include "../support/scratch.h"
 #include "../support/tiny_models.h"
 
 namespace {
@@ -70,6 +72,29 @@ TEST(Drivers, SpeculativeMtpVerifyReproducesGreedyDecode) {
   const auto p = ds4::run_model(model, plain, nullptr);
   ASSERT_EQ(r.logits.size(), p.logits.size());
   EXPECT_TRUE(same_bytes(r.logits, p.logits));
+}
+
+// `ds4-parity run --mode verify --drafts mtp` names in its dump the tokens it consumed (the prefix
+// and what it generated), so `diff` can pair it with a plain run of the same tokens; and it
+// reports the draft acceptance.
+TEST(Drivers, MtpVerifyDumpNamesTheGeneratedTokens) {
+  auto model = tiny(true);
+  ds4::testing::TempDir dir("ds4_mtp_dump");
+  const auto prompt = ds4::testing::pseudo_tokens(20, static_cast<int>(model->hparams().n_vocab), 7);
+  {
+    std::ofstream f(dir.file("prompt.txt"));
+    for (int32_t t : prompt) f << t << "\n";
+  }
+  const std::string parity = std::string(DS4_BINARY_DIR) + "/harness/ds4-parity";
+  const std::string cmd = parity + " run -m " + ds4::testing::tiny_model_path("ds4", true) + " --tokens " +
+                          dir.file("prompt.txt") + " --mode verify --drafts mtp --width 4 --generate 24 --strict -o " +
+                          dir.file("v.h5") + " > " + dir.file("out.txt") + " 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const auto greedy = ds4::teacher_forced_tokens(model, ds4::Profile::Ds4, prompt, 24);
+  EXPECT_EQ(ds4::DumpReader::open(dir.file("v.h5")).manifest().tokens, greedy);
+  std::ifstream out(dir.file("out.txt"));
+  const std::string text((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("(acceptance "), std::string::npos) << text;
 }
 
 TEST(Drivers, TokenFilesAndErrors) {

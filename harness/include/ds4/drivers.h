@@ -35,6 +35,7 @@ struct RunResult {
   int64_t n_vocab = 0;
   int64_t forwards = 0;          // forward()/decode() calls
   int64_t drafts_accepted = 0, drafts_rejected = 0;
+  int64_t verify_passes = 0, generated = 0;  // verify with mtp drafts: batched passes, tokens they emitted
   double seconds = 0;
 };
 
@@ -47,10 +48,11 @@ std::vector<int32_t> tokens_from_prompt(const Model& model, const std::string& s
 // A token file: raw little-endian int32 (".i32") or text (integers separated by spaces, commas
 // or newlines). Throws "<path>: ..." naming the bad token or line.
 std::vector<int32_t> read_token_file(const std::string& path, int64_t n_vocab);
-// prompt + n greedy tokens from an exact plain decode (teacher forcing: positions stay aligned
-// across runs even where a candidate's argmax would flip).
+// prompt + n greedy tokens from an exact plain decode on `backend` (teacher forcing: positions
+// stay aligned across runs even where a candidate's argmax would flip).
 std::vector<int32_t> teacher_forced_tokens(const std::shared_ptr<const Model>& model, Profile profile,
-                                           const std::vector<int32_t>& prompt, int64_t n);
+                                           const std::vector<int32_t>& prompt, int64_t n,
+                                           Backend backend = Backend::Cpu);
 
 // The manifest of a run of `spec` on `model` (model hash, gates, profile, mode, width, tokens).
 RunManifest make_manifest(const Model& model, const RunSpec& spec, const std::string& command_line);

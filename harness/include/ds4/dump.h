@@ -87,6 +87,10 @@ class DumpWriter : public TapSink {
   // written twice).
   void rollback(int64_t pos) override;
 
+  // Replaces the manifest's token sequence before finish(): a run that generates (a verifier
+  // with MTP drafts) knows its tokens only at the end, and the dump must name what it consumed.
+  void set_tokens(std::vector<int32_t> tokens);
+
   // Writes the file (atomically: tmp name, then rename). Throws a one-line ds4::Error naming
   // the path; a failed finish leaves no file behind. May be called once.
   void finish();
