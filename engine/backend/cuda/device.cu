@@ -67,10 +67,11 @@ CudaDeviceInfo cuda_device_info() noexcept {
     e = cudaFuncGetAttributes(&attr, probe_kernel);
     if (e != cudaSuccess) {
       (void)cudaGetLastError();
-      info.why_unavailable = "device " + info.name + " (sm_" + std::to_string(prop.major) +
-                             std::to_string(prop.minor) +
-                             ") cannot run this build's kernels (CMAKE_CUDA_ARCHITECTURES): " +
-                             "cudaFuncGetAttributes: " + error_text(e);
+      const std::string sm = std::to_string(prop.major) + std::to_string(prop.minor);
+      info.why_unavailable = "device " + info.name + " (sm_" + sm +
+                             ") has no usable kernel image in this build (CMAKE_CUDA_ARCHITECTURES: " +
+                             DS4_CUDA_ARCH_LIST + "; rebuild with -DCMAKE_CUDA_ARCHITECTURES=" + sm +
+                             "): cudaFuncGetAttributes: " + error_text(e);
       return info;
     }
     info.available = true;
