@@ -8,18 +8,46 @@
 
 namespace ds4 {
 
-const std::vector<float>& WeightCache::get(const void* key, int kind,
-                                           const std::function<std::vector<float>()>& build) {
+WeightCache::Entry WeightCache::get(const void* key, int kind, size_t n_floats,
+                                    const std::function<std::vector<float>()>& build) {
+  const int64_t need = static_cast<int64_t>(n_floats * sizeof(float));
   std::lock_guard<std::mutex> lock(mutex_);
-  auto& slot = entries_[{key, kind}];
-  if (!slot) slot = std::make_unique<std::vector<float>>(build());
-  return *slot;
+  const Key k{key, kind};
+  if (auto it = entries_.find(k); it != entries_.end()) {
+    it->second.last_use = ++clock_;
+    return it->second.data;
+  }
+  if (need > budget_)
+    fail("DS4_CPU_DEQUANT_CACHE_MB: a dequantised weight copy needs " + std::to_string(need >> 20) +
+         " MiB, more than the CPU dequantisation cache budget of " + std::to_string(budget_ >> 20) +
+         " MiB; raise DS4_CPU_DEQUANT_CACHE_MB or run the gate exact");
+  // Evict least recently used copies until the new one fits (a linear scan: the cache holds a
+  // few dozen entries at most, and every eviction is followed by a dequantisation that costs more).
+  while (held_ + need > budget_ && !entries_.empty()) {
+    auto oldest = entries_.begin();
+    for (auto it = entries_.begin(); it != entries_.end(); ++it)
+      if (it->second.last_use < oldest->second.last_use) oldest = it;
+    held_ -= static_cast<int64_t>(oldest->second.data->size() * sizeof(float));
+    entries_.erase(oldest);
+  }
+  auto data = std::make_shared<const std::vector<float>>(build());
+  if (data->size() != n_floats) fail("internal: dequantised copy has the wrong size");
+  held_ += need;
+  entries_[k] = Slot{data, ++clock_};
+  return data;
+}
+
+int64_t WeightCache::bytes_held() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return held_;
 }
 
 namespace {
 
 using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 enum CacheKind { kF32Exact = 0, kF16Rounded = 1 };
+
+size_t n_weights(const WeightRef& w) { return static_cast<size_t>(w.out) * static_cast<size_t>(w.in); }
 
 // W as floats: exact dequantisation, or (Q8_0) with d*q rounded to F16 as ds4's expansion does.
 std::vector<float> dequantize_all(const WeightRef& w, bool f16_round) {
@@ -54,8 +82,8 @@ void gemm_blocks(const float* Wf, int64_t out, int64_t in, const float* X, int64
 const char* gemm_variant(const WeightRef& w, const float* X, int64_t n, float* Y, const ExecCtx& ctx,
                          bool round_act) {
   const bool q8 = w.type == QType::Q8_0;
-  const std::vector<float>& Wf = ctx.cache->get(w.data, q8 ? kF16Rounded : kF32Exact,
-                                                [&] { return dequantize_all(w, q8); });
+  const WeightCache::Entry Wf = ctx.cache->get(w.data, q8 ? kF16Rounded : kF32Exact, n_weights(w),
+                                               [&] { return dequantize_all(w, q8); });
   std::vector<float> Xr;
   const float* Xin = X;
   if (round_act) {
@@ -63,7 +91,7 @@ const char* gemm_variant(const WeightRef& w, const float* X, int64_t n, float* Y
     for (float& v : Xr) v = round_f16(v);
     Xin = Xr.data();
   }
-  gemm_blocks(Wf.data(), w.out, w.in, Xin, n, Y, ctx.pool);
+  gemm_blocks(Wf->data(), w.out, w.in, Xin, n, Y, ctx.pool);
   if (q8) return "matmul_q8__gemm_f16";
   if (w.type == QType::F16) return "matmul_f16__gemm_f16act";
   return "matmul_f32__gemm";
@@ -111,8 +139,9 @@ const char* per_row_exact(const WeightRef& w, const float* X, int64_t n, float* 
 }  // namespace
 
 void gemm_f32_dequant(const WeightRef& w, const float* X, int64_t n_rows, float* Y, const ExecCtx& ctx) {
-  const std::vector<float>& Wf = ctx.cache->get(w.data, kF32Exact, [&] { return dequantize_all(w, false); });
-  gemm_blocks(Wf.data(), w.out, w.in, X, n_rows, Y, ctx.pool);
+  const WeightCache::Entry Wf =
+      ctx.cache->get(w.data, kF32Exact, n_weights(w), [&] { return dequantize_all(w, false); });
+  gemm_blocks(Wf->data(), w.out, w.in, X, n_rows, Y, ctx.pool);
 }
 
 const char* linear_gemm(const WeightRef& w, const float* X, int64_t n_rows, float* Y, const ExecCtx& ctx) {
