@@ -25,25 +25,35 @@ class ThreadPool;
 class WeightCache {
  public:
   using Entry = std::shared_ptr<const std::vector<float>>;
+  // Fills `out` (n_floats values) with the dequantised weight.
+  using Fill = std::function<void(float* out)>;
   explicit WeightCache(int64_t budget_bytes = kDefaultBudgetBytes) : budget_(budget_bytes) {}
-  // Returns W (out x in, row-major floats) for `key` (data pointer), building it with `build`
-  // (which must return `n_floats` values). The returned pointer keeps the copy alive while the
-  // caller uses it, even if a later get() drops it from the cache.
-  Entry get(const void* key, int kind, size_t n_floats, const std::function<std::vector<float>()>& build);
-  int64_t bytes_held() const;
+  // Returns W (out x in, row-major floats) for `key` (data pointer), building it with `fill`.
+  // The returned pointer keeps the copy alive while the caller uses it, even if a later get()
+  // drops it from the cache.
+  Entry get(const void* key, int kind, size_t n_floats, const Fill& fill);
+  int64_t bytes_held() const;  // copies and recycled buffers
   int64_t budget_bytes() const { return budget_; }
   static constexpr int64_t kDefaultBudgetBytes = int64_t{512} << 20;
 
  private:
   using Key = std::pair<const void*, int>;
+  using Buffer = std::shared_ptr<std::vector<float>>;
   struct Slot {
-    Entry data;
+    Buffer data;
     uint64_t last_use = 0;
   };
+  static int64_t bytes_of(const Buffer& b) { return static_cast<int64_t>(b->capacity() * sizeof(float)); }
+  Buffer take_buffer(size_t n_floats);  // a recycled buffer or a new one, within the budget
+
   mutable std::mutex mutex_;
   std::map<Key, Slot> entries_;
+  // Buffers of dropped copies, reused for the next ones: copies are tens of MiB, and a fresh
+  // allocation of that size is a fresh mmap whose every page faults in (most of a cold prefill's
+  // time was the kernel zeroing pages).
+  std::vector<Buffer> spare_;
   int64_t budget_;
-  int64_t held_ = 0;
+  int64_t held_ = 0;  // bytes of entries_ and spare_ (by capacity)
   uint64_t clock_ = 0;
 };
 

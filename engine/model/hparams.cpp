@@ -291,8 +291,8 @@ std::vector<TensorSpec> expected_mtp_sidecar_tensors(const HParams& hp) {
   }
   const int64_t d = hp.n_embd;
   const int L = static_cast<int>(hp.n_layer);
-  single["mtp.0.e_proj.weight"] = {"mtp.0.e_proj.weight", {d, d}, TensorRole::AttnProj, L};
-  single["mtp.0.h_proj.weight"] = {"mtp.0.h_proj.weight", {d, d}, TensorRole::AttnProj, L};
+  single["mtp.0.e_proj.weight"] = {"mtp.0.e_proj.weight", {d, d}, TensorRole::AttnProj, L, true, {}};
+  single["mtp.0.h_proj.weight"] = {"mtp.0.h_proj.weight", {d, d}, TensorRole::AttnProj, L, true, {}};
   // ds4.c's mtp_weights_bind order: the head, then the block as a trunk layer binds it.
   static const char* const kOrder[] = {
       "hc_head_base.weight", "hc_head_fn.weight", "hc_head_scale.weight", "e_proj.weight",
