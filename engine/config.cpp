@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "backend/cuda/forward_cuda.h"
+#include "forward/exec.h"
 #include "ds4/error.h"
 #include "ds4/synth.h"
 
@@ -25,6 +26,7 @@ const std::vector<EnvVar>& known_env_vars() {
       {"DS4_STRICT_BATCHED", "1: every gate exact (batched == N=1 decode)"},
       {"DS4_CUDA_STRICT_BATCHED", "alias of DS4_STRICT_BATCHED (the name ds4 uses)"},
       {"DS4_GATES", "gate settings, e.g. all=fast or id=exact,id2=fast"},
+      {"DS4_CPU_DEQUANT_CACHE_MB", "cap on the CPU cache of dequantised F32 weight copies the GEMM gates use, in MiB (default 512)"},
       {"DS4_CUDA_MEM_LIMIT_MB", "cap on the CUDA forward's device allocations in MiB (0/unset: none; tests provoke OOM)"},
       // Read by scripts/ (build folder, parallel jobs), ignored by the binaries; listed so that
       // running a tool from those scripts is not an "unknown variable" error.
@@ -101,12 +103,14 @@ double parse_float_flag(const std::string& flag, const std::string& value, doubl
 
 std::string ds4_cli_usage() {
   std::string u =
-      "usage: ds4 [-m model.gguf] [-p prompt] [-n N] [--temp T] [--seed S] [--nothink] [-sys TEXT]\n"
+      "usage: ds4 [-m model.gguf] [--mtp sidecar.gguf] [-p prompt] [-n N] [--temp T] [--seed S] [--nothink] [-sys TEXT]\n"
       "           [--backend cpu|cuda] [--profile ds4|plain] [--threads N] [--ctx N] [--raw]\n"
       "           [--strict] [--gates id=fast|exact,...]\n"
       "Runs DeepSeek V4 Flash (deepseek4 GGUF). Without -m it generates and runs the built-in\n"
       "synthetic tiny model (random weights: the text is gibberish, the numerics are real).\n"
       "  -m PATH        deepseek4 GGUF file\n"
+      "  --mtp PATH     MTP sidecar (deepseek4_mtp_support, e.g. DeepSeek-V4-Flash-MTP-*.gguf) paired\n"
+      "                 with -m: checked against the trunk, its block loaded\n"
       "  -p TEXT        user prompt (rendered with the DS4 chat template)\n"
       "  -n N           tokens to generate (default 32)\n"
       "  --temp T       sampling temperature (default 0 = greedy)\n"
@@ -160,6 +164,7 @@ Ds4Cli parse_ds4_cli(int argc, char** argv, const EnvSettings& env) {
     };
     if (a == "-h" || a == "--help") c.help = true;
     else if (a == "-m" || a == "--model") c.model = value();
+    else if (a == "--mtp") c.mtp = value();
     else if (a == "-p" || a == "--prompt") c.prompt = value();
     else if (a == "-n") c.n_predict = static_cast<int>(parse_int_flag(a, value(), 0, 1 << 20));
     else if (a == "--temp") c.temperature = static_cast<float>(parse_float_flag(a, value(), 0.0, 100.0));
@@ -185,6 +190,8 @@ Ds4Cli parse_ds4_cli(int argc, char** argv, const EnvSettings& env) {
     else fail("bad flag: unknown option '" + a + "' (see ds4 --help)");
   }
   c.gates = resolve_gates(env, strict, gates);
+  if (!c.mtp.empty() && c.model.empty())
+    fail("bad flag: --mtp needs -m (the built-in tiny model takes no MTP sidecar)");
   return c;
 }
 
@@ -205,6 +212,13 @@ int64_t cuda_forward_mem_limit_bytes() {
   const char* v = std::getenv("DS4_CUDA_MEM_LIMIT_MB");
   if (!v || !*v) return 0;
   return parse_int_flag("DS4_CUDA_MEM_LIMIT_MB", v, 0, int64_t{1} << 30) * (int64_t{1} << 20);
+}
+
+// DS4_CPU_DEQUANT_CACHE_MB: read here only (style.md rule 5), at each CPU session's creation.
+int64_t cpu_dequant_cache_budget_bytes() {
+  const char* v = std::getenv("DS4_CPU_DEQUANT_CACHE_MB");
+  if (!v || !*v) return WeightCache::kDefaultBudgetBytes;
+  return parse_int_flag("DS4_CPU_DEQUANT_CACHE_MB", v, 1, int64_t{1} << 30) * (int64_t{1} << 20);
 }
 
 // ---- ds4-synth and ds4-convert -----------------------------------------------------------------
@@ -264,15 +278,20 @@ T parse_count(const std::string& flag, const std::string& text) {
 std::string synth_cli_usage() {
   return "usage: ds4-synth [--preset " + join_bar(synth_presets()) + "] [--quant " + join_bar(QuantMix::names()) +
          "] [--seed N]\n"
-         "                 [--layers N] [--experts N] [--vocab N] [--ff N] [--mtp]\n"
+         "                 [--layers N] [--experts N] [--vocab N] [--ff N] [--mtp | --mtp-sidecar]\n"
          "                 [--threads N] -o out.gguf\n"
          "Writes a synthetic DeepSeek V4 Flash model with seeded random weights.\n"
-         "  --preset   tiny (the HF oracle's shapes, expert FF 256; default) or flash-shape\n"
-         "             (every per-layer dimension of Flash, 4 layers, 16 experts)\n"
+         "  --preset   tiny (the HF oracle's shapes, expert FF 256; default), flash-shape\n"
+         "             (every per-layer dimension of Flash, 4 layers, 16 experts), published (the\n"
+         "             tensor directory and metadata of the published 43-layer IQ2XXS trunk, MTP\n"
+         "             declared but not in the file) or published-mtp (its MTP sidecar); the two\n"
+         "             published presets are weightless: zero bytes left as sparse holes\n"
          "  --quant    quant mix (default ds4: IQ2_XXS/Q2_K experts, Q8_0 attention, ...)\n"
          "  --seed     weight seed (default 1234); same options give the same bytes\n"
          "  --layers/--experts/--vocab/--ff  override the preset (0 = preset default)\n"
          "  --mtp      add one MTP block\n"
+         "  --mtp-sidecar  write only the MTP block, as a deepseek4_mtp_support sidecar (mtp.0.*)\n"
+         "             for the trunk of the same options (ds4 --mtp FILE pairs it)\n"
          "  --threads  worker threads (default: all cores; does not change the output)\n";
 }
 
@@ -301,11 +320,14 @@ SynthCli parse_synth_cli(int argc, char** argv) {
       c.opt.n_threads = parse_count<unsigned>(a, w.value());
     } else if (a == "--mtp") {
       c.opt.mtp = true;
+    } else if (a == "--mtp-sidecar") {
+      c.opt.mtp_sidecar = true;
     } else {
       fail("unknown argument '" + a + "' (see --help)");
     }
   }
   if (c.output.empty()) fail("missing -o out.gguf (see --help)");
+  if (c.opt.mtp && c.opt.mtp_sidecar) fail("--mtp and --mtp-sidecar exclude each other (one file or the sidecar)");
   return c;
 }
 

@@ -129,6 +129,7 @@ Json plan_request(const AblateConfig& cfg, const RunManifest& model_manifest,
                   const std::vector<std::string>& gates, const std::vector<PromptInput>& prompts) {
   Json r = jobj();
   jput(r, "model_path", jstr(fs::absolute(cfg.model_path).string()));
+  if (!cfg.mtp_path.empty()) jput(r, "mtp_path", jstr(fs::absolute(cfg.mtp_path).string()));
   jput(r, "model_sha256", jstr(model_manifest.model_sha256));
   jput(r, "model_name", jstr(model_manifest.model_name));
   jput(r, "profile", jstr(profile_name(cfg.profile)));
@@ -191,7 +192,7 @@ Matrix::Matrix(const AblateConfig& cfg) : cfg_(cfg) {
   for (size_t i = 0; i < prompts.size(); ++i)
     for (size_t k = 0; k < i; ++k)
       if (prompts[i].name == prompts[k].name) fail("ablate: two prompts are named '" + prompts[i].name + "'");
-  model_ = Model::load(cfg_.model_path);
+  model_ = Model::load(cfg_.model_path, cfg_.mtp_path);
   RunSpec probe;
   probe.profile = cfg_.profile;
   const RunManifest mm = make_manifest(*model_, probe, "");
@@ -246,7 +247,11 @@ Matrix::Matrix(const std::string& dir, const AblateConfig& cfg) : cfg_(cfg) {
   cfg_.compare.max_abs_threshold = jnum_at(r, "max_abs_threshold", 1e-3);
   for (const Json& g : r.at("gates").as_array()) gates_.push_back(g.as_string());
   if (!fs::exists(cfg_.model_path)) fail(dir + ": the plan's model " + cfg_.model_path + " is missing");
-  model_ = Model::load(cfg_.model_path);
+  // Plans written before --mtp have no mtp_path: no sidecar.
+  if (const Json* mtp = r.find("mtp_path")) cfg_.mtp_path = mtp->as_string();
+  if (!cfg_.mtp_path.empty() && !fs::exists(cfg_.mtp_path))
+    fail(dir + ": the plan's MTP sidecar " + cfg_.mtp_path + " is missing");
+  model_ = Model::load(cfg_.model_path, cfg_.mtp_path);
   init_from_plan();
 }
 

@@ -134,7 +134,7 @@ class Bisector {
   void from_runs(BisectResult& r) {
     if (cfg_.model_path.empty()) fail("bisect: give two dumps, or a model and tokens");
     if (cfg_.tokens.empty()) fail("bisect: no tokens");
-    model_ = Model::load(cfg_.model_path);
+    model_ = Model::load(cfg_.model_path, cfg_.mtp_path);
     cand_ = cfg_.cand;
     cand_.tokens = cfg_.tokens;
     cand_.threads = cfg_.threads;

@@ -77,7 +77,7 @@ void changes_of(const std::vector<SweepPoint>& pts, std::vector<SweepChange>& ou
 
 SweepResult sweep(const SweepConfig& cfg) {
   if (cfg.tokens.empty()) fail("sweep: no tokens");
-  auto model = Model::load(cfg.model_path);
+  auto model = Model::load(cfg.model_path, cfg.mtp_path);
   SweepResult r;
   r.model = model->file().get_str_or("general.name", cfg.model_path);
   r.gates = cfg.gates.to_string();

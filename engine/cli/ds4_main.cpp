@@ -65,7 +65,7 @@ int run(int argc, char** argv) {
     return 0;
   }
   const std::string path = cli.model.empty() ? ds4::builtin_model_path(env) : cli.model;
-  auto model = ds4::Model::load(path);
+  auto model = ds4::Model::load(path, cli.mtp);
   const ds4::Tokenizer& tok = model->tokenizer();
   std::vector<int32_t> prompt;
   if (cli.raw) {
@@ -83,7 +83,9 @@ int run(int argc, char** argv) {
   so.max_ctx = std::max<int64_t>(cli.ctx, static_cast<int64_t>(prompt.size()) + cli.n_predict + 1);
   ds4::Session session(model, so);
 
-  std::fprintf(stderr, "model: %s\n%s\nbackend: %s%s, profile: %s, gates: %s, prompt: %zu tokens\n", path.c_str(),
+  const std::string mtp_note = cli.mtp.empty() ? "" : " + MTP sidecar " + cli.mtp;
+  std::fprintf(stderr, "model: %s%s\n%s\nbackend: %s%s, profile: %s, gates: %s, prompt: %zu tokens\n", path.c_str(),
+               mtp_note.c_str(),
                model->hparams().summary().c_str(), cli.backend.c_str(),
                so.backend == ds4::Backend::Cuda ? (" (" + ds4::cuda_device_info().name + ")").c_str() : "",
                ds4::profile_name(cli.profile), cli.gates.to_string().c_str(), prompt.size());

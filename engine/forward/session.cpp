@@ -26,6 +26,7 @@ Session::Impl::Impl(const Model& model, const SessionOptions& o, TapSink** taps_
       w(model.weights()),
       opt(o),
       pool(o.n_threads > 0 ? o.n_threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))),
+      cache(o.dequant_cache_bytes > 0 ? o.dequant_cache_bytes : cpu_dequant_cache_budget_bytes()),
       taps(taps_) {
   rope_main = rope_params(hp.n_rot, hp.rope_base, 1.0f, hp.yarn_orig_ctx, hp.yarn_beta_fast, hp.yarn_beta_slow, false);
   rope_comp = rope_params(hp.n_rot, hp.compress_rope_base, hp.yarn_factor, hp.yarn_orig_ctx, hp.yarn_beta_fast,
@@ -86,7 +87,7 @@ std::vector<float> Session::Impl::mtp_draft(int32_t next_token) {
   check_token(next_token, hp.n_vocab);
   const LayerWeights& M = w.mtp[0];
   const int64_t d = hp.n_embd, hcd = static_cast<int64_t>(hp.n_hc) * d;
-  std::vector<float> e(d), en(d), cat(2 * d);
+  std::vector<float> e(d), en(d), cat(2 * d), ep, hn, hp_i;
   weight_row_f32(w.token_embd, next_token, e.data());
   rmsnorm_ref(e.data(), M.enorm.data(), en.data(), d, hp.eps);
   const int32_t tok[1] = {next_token};
@@ -95,11 +96,25 @@ std::vector<float> Session::Impl::mtp_draft(int32_t next_token) {
   R.pos0 = st.pos;  // the position of next_token
   R.tokens = std::span<const int32_t>(tok, 1);
   R.X.resize(hcd);
-  // X_i = eh_proj [enorm(e); hnorm(H_i)] for each stream of the trunk's last HC state.
-  for (uint32_t i = 0; i < hp.n_hc; ++i) {
-    std::memcpy(cat.data(), en.data(), d * sizeof(float));
-    rmsnorm_ref(&st.last_hc[i * d], M.hnorm.data(), cat.data() + d, d, hp.eps);
-    matvec_ref(M.eh_proj, cat.data(), &R.X[i * d], opt.profile, &pool);
+  if (M.eh_proj) {
+    // X_i = eh_proj [enorm(e); hnorm(H_i)] for each stream of the trunk's last HC state.
+    for (uint32_t i = 0; i < hp.n_hc; ++i) {
+      std::memcpy(cat.data(), en.data(), d * sizeof(float));
+      rmsnorm_ref(&st.last_hc[i * d], M.hnorm.data(), cat.data() + d, d, hp.eps);
+      matvec_ref(M.eh_proj, cat.data(), &R.X[i * d], opt.profile, &pool);
+    }
+  } else {
+    // Published sidecar: X_i = e_proj enorm(e) + h_proj hnorm(H_i), as ds4.c computes it (two
+    // products, then one F32 add per element). Same maths, other summation order than eh_proj.
+    ep.resize(d);
+    hn.resize(d);
+    hp_i.resize(d);
+    matvec_ref(M.e_proj, en.data(), ep.data(), opt.profile, &pool);
+    for (uint32_t i = 0; i < hp.n_hc; ++i) {
+      rmsnorm_ref(&st.last_hc[i * d], M.hnorm.data(), hn.data(), d, hp.eps);
+      matvec_ref(M.h_proj, hn.data(), hp_i.data(), opt.profile, &pool);
+      for (int64_t j = 0; j < d; ++j) R.X[i * d + j] = ep[j] + hp_i[j];
+    }
   }
   const int tap_layer = static_cast<int>(hp.n_layer);
   attention_layer(tap_layer, M, st.mtp[0], R);
@@ -171,6 +186,9 @@ Session::Session(std::shared_ptr<const Model> model, SessionOptions options)
     : model_(std::move(model)), options_(options) {
   if (!model_) fail("Session: no model");
   if (options_.max_ctx <= 0) fail("Session: max_ctx must be positive");
+  if (options_.backend == Backend::Cuda && !model_->mtp_path().empty())
+    fail("--backend cuda: the MTP block of a sidecar (" + model_->mtp_path() +
+         ") runs on the CPU only for now (the CUDA forward has no e_proj/h_proj head)");
   if (options_.backend == Backend::Cuda)
     cuda_ = CudaSession::create(model_, options_, &taps_);
   else

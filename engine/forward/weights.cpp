@@ -19,8 +19,8 @@ std::string shape_str(const std::vector<int64_t>& ne) {
 
 class Binder {
  public:
-  Binder(const GgufFile& f, const HParams& hp) : f_(f) {
-    for (const TensorSpec& s : expected_tensors(hp)) specs_[s.name] = s;
+  Binder(const GgufFile& f, const std::vector<TensorSpec>& specs) : f_(f) {
+    for (const TensorSpec& s : specs) specs_[s.name] = s;
   }
 
   const GgufTensor* find(const std::string& name) const {
@@ -84,11 +84,8 @@ class Binder {
   std::map<std::string, TensorSpec> specs_;
 };
 
-LayerWeights bind_block(const Binder& b, const HParams& hp, uint32_t il, bool mtp) {
-  const std::string p = "blk." + std::to_string(il) + ".";
-  LayerWeights L;
-  L.ratio = mtp ? 0 : hp.ratios[il];
-  L.hash = !mtp && hp.is_hash_layer(il);
+// The tensors every block has (trunk layer or MTP block), named `p` + the trunk suffix.
+void bind_block_body(const Binder& b, const HParams& hp, const std::string& p, LayerWeights& L) {
   L.hc_attn_fn = b.mat(p + "hc_attn_fn.weight");
   L.hc_attn_scale = b.vec(p + "hc_attn_scale.weight");
   L.hc_attn_base = b.vec(p + "hc_attn_base.weight");
@@ -134,6 +131,14 @@ LayerWeights bind_block(const Binder& b, const HParams& hp, uint32_t il, bool mt
     L.up_sh = b.mat(p + "ffn_up_shexp.weight");
     L.down_sh = b.mat(p + "ffn_down_shexp.weight");
   }
+}
+
+LayerWeights bind_block(const Binder& b, const HParams& hp, uint32_t il, bool mtp) {
+  const std::string p = "blk." + std::to_string(il) + ".";
+  LayerWeights L;
+  L.ratio = mtp ? 0 : hp.ratios[il];
+  L.hash = !mtp && hp.is_hash_layer(il);
+  bind_block_body(b, hp, p, L);
   if (mtp) {
     L.eh_proj = b.mat(p + "nextn.eh_proj.weight");
     L.enorm = b.vec(p + "nextn.enorm.weight");
@@ -149,7 +154,7 @@ LayerWeights bind_block(const Binder& b, const HParams& hp, uint32_t il, bool mt
 }  // namespace
 
 ModelWeights ModelWeights::bind(const GgufFile& file, const HParams& hp) {
-  Binder b(file, hp);
+  Binder b(file, expected_tensors(hp));
   ModelWeights w;
   w.token_embd = b.mat("token_embd.weight");
   w.output = b.mat("output.weight");
@@ -160,6 +165,25 @@ ModelWeights ModelWeights::bind(const GgufFile& file, const HParams& hp) {
   for (uint32_t il = 0; il < hp.n_layer; ++il) w.layers.push_back(bind_block(b, hp, il, false));
   for (uint32_t m = 0; m < hp.n_mtp; ++m) w.mtp.push_back(bind_block(b, hp, hp.n_layer + m, true));
   return w;
+}
+
+LayerWeights ModelWeights::bind_mtp_sidecar(const GgufFile& f, const HParams& hp) {
+  const std::vector<TensorSpec> specs = expected_mtp_sidecar_tensors(hp);
+  Binder b(f, specs);
+  // Every tensor is checked before any is read, so a sidecar of another model fails on the first
+  // tensor of ds4.c's order whose shape differs, not halfway through converting vectors.
+  for (const TensorSpec& s : specs) b.find(s.name);
+  LayerWeights L;  // ratio 0, no hashing: the MTP block attends over its own raw window
+  bind_block_body(b, hp, "mtp.0.", L);
+  L.e_proj = b.mat("mtp.0.e_proj.weight");
+  L.h_proj = b.mat("mtp.0.h_proj.weight");
+  L.enorm = b.vec("mtp.0.enorm.weight");
+  L.hnorm = b.vec("mtp.0.hnorm.weight");
+  L.mtp_norm = b.vec("mtp.0.norm.weight");
+  L.mtp_hc_fn = b.mat("mtp.0.hc_head_fn.weight");
+  L.mtp_hc_scale = b.vec("mtp.0.hc_head_scale.weight");
+  L.mtp_hc_base = b.vec("mtp.0.hc_head_base.weight");
+  return L;
 }
 
 }  // namespace ds4

@@ -31,8 +31,9 @@ struct LayerWeights {
   std::vector<int32_t> tid2eid;   // [n_vocab][n_used], hash layers only
   WeightRef gate_exps, up_exps, down_exps;  // 3-D: expert(e)
   WeightRef gate_sh, up_sh, down_sh;
-  // MTP block only.
-  WeightRef eh_proj;
+  // MTP block only. Single-file layout: eh_proj over [enorm(e); hnorm(h)]. Published sidecar:
+  // e_proj enorm(e) + h_proj hnorm(h) (eh_proj empty).
+  WeightRef eh_proj, e_proj, h_proj;
   Vec enorm, hnorm, mtp_norm, mtp_hc_scale, mtp_hc_base;
   WeightRef mtp_hc_fn;
 };
@@ -47,6 +48,9 @@ struct ModelWeights {
 
   // Binds every tensor; throws ds4::Error naming a missing tensor or a shape/type mismatch.
   static ModelWeights bind(const GgufFile& file, const HParams& hp);
+  // The MTP block of a deepseek4_mtp_support sidecar (expected_mtp_sidecar_tensors(hp)) for the
+  // trunk `hp`; throws naming the sidecar and the first tensor that does not match the trunk.
+  static LayerWeights bind_mtp_sidecar(const GgufFile& sidecar, const HParams& hp);
 };
 
 }  // namespace ds4

@@ -34,6 +34,7 @@ struct PendingTensor {
   uint64_t spill_at = 0;      // ... at this offset of the scratch file (spilled)
   uint64_t nbytes = 0;
   bool spilled = false;
+  bool hole = false;          // all zero bytes, skipped over in the output (a sparse hole)
 };
 
 // Spilled tensors are copied into the output in pieces of this many bytes.
@@ -56,6 +57,7 @@ class Output {
     if (errno_ || n == 0) return;
     if (std::fwrite(p, 1, n, file_) != n) errno_ = errno ? errno : EIO;
     written_ += n;
+    skipped_tail_ = false;
   }
   template <typename T>
   void pod(T v) { bytes(&v, sizeof v); }  // host is little-endian, as GGUF is
@@ -74,10 +76,22 @@ class Output {
   }
   uint64_t written() const { return written_; }
 
+  // Moves n bytes forward without writing them: the file system keeps a hole that reads back
+  // as zeros and takes no disk blocks.
+  void skip(uint64_t n) {
+    if (errno_ || n == 0) return;
+    if (std::fflush(file_) != 0 || fseeko(file_, static_cast<off_t>(n), SEEK_CUR) != 0) errno_ = errno ? errno : EIO;
+    written_ += n;
+    skipped_tail_ = true;
+  }
+
   // Flushes and closes; returns the first error seen (0 if none).
   int close() {
     if (!file_) return errno_;
     if (std::fflush(file_) != 0 && !errno_) errno_ = errno ? errno : EIO;
+    // A seek past the end writes nothing: give a trailing hole its length.
+    if (skipped_tail_ && !errno_ && ftruncate(fileno(file_), static_cast<off_t>(written_)) != 0)
+      errno_ = errno ? errno : EIO;
     if (std::fclose(file_) != 0 && !errno_) errno_ = errno ? errno : EIO;
     file_ = nullptr;
     return errno_;
@@ -88,6 +102,7 @@ class Output {
   std::FILE* file_ = nullptr;
   int errno_ = 0;
   uint64_t written_ = 0;
+  bool skipped_tail_ = false;
 };
 
 bool is_float_type(GgufType t) { return t == GgufType::FLOAT32 || t == GgufType::FLOAT64; }
@@ -181,6 +196,11 @@ struct GgufWriter::Impl {
     out.pad_to(align);
     std::vector<uint8_t> piece;
     for (const PendingTensor& t : tensors) {
+      if (t.hole) {
+        out.skip(t.nbytes);
+        out.skip((align - out.written() % align) % align);
+        continue;
+      }
       if (!t.spilled) {
         out.bytes(t.data.data(), t.data.size());
       } else {
@@ -295,10 +315,11 @@ void GgufWriter::set_value(const std::string& key, const GgufValue& v) {
   impl_->set(key, v);
 }
 
-void GgufWriter::add_tensor(const std::string& name, const std::vector<int64_t>& ne, QType type,
-                            const void* data, size_t nbytes) {
+namespace {
+
+// The byte size of a tensor of this type and shape; throws naming the tensor on a bad shape.
+uint64_t checked_tensor_bytes(const std::string& name, const std::vector<int64_t>& ne, QType type) {
   const std::string who = "GGUF writer: tensor '" + name + "'";
-  if (impl_->tensor_index.count(name)) fail(who + " added twice");
   if (ne.empty() || ne.size() > kMaxDims)
     fail(who + " has " + std::to_string(ne.size()) + " dimensions (expected 1.." +
          std::to_string(kMaxDims) + ")");
@@ -306,7 +327,6 @@ void GgufWriter::add_tensor(const std::string& name, const std::vector<int64_t>&
     fail(who + " has unknown type " + std::to_string(static_cast<uint32_t>(type)));
   for (int64_t d : ne)
     if (d < 0) fail(who + " has a negative dimension");
-  // nbytes = row bytes * rows, checked here so that a bad shape names the tensor.
   const QTypeInfo& info = qtype_info(type);
   if (ne[0] % info.block_elems != 0)
     fail(who + " ne[0] = " + std::to_string(ne[0]) + " is not a multiple of the " + info.name +
@@ -316,8 +336,18 @@ void GgufWriter::add_tensor(const std::string& name, const std::vector<int64_t>&
   for (size_t d = 1; d < ne.size(); ++d)
     overflow = overflow || __builtin_mul_overflow(expected, uint64_t(ne[d]), &expected);
   if (overflow) fail(who + " byte size overflows");
+  return expected;
+}
+
+}  // namespace
+
+void GgufWriter::add_tensor(const std::string& name, const std::vector<int64_t>& ne, QType type,
+                            const void* data, size_t nbytes) {
+  if (impl_->tensor_index.count(name)) fail("GGUF writer: tensor '" + name + "' added twice");
+  // nbytes = row bytes * rows, checked here so that a bad shape names the tensor.
+  const uint64_t expected = checked_tensor_bytes(name, ne, type);
   if (expected != nbytes)
-    fail(who + " has " + std::to_string(nbytes) + " bytes, expected " +
+    fail("GGUF writer: tensor '" + name + "' has " + std::to_string(nbytes) + " bytes, expected " +
          std::to_string(expected) + " for its type and shape");
   PendingTensor t{name, ne, type, {}};
   t.nbytes = nbytes;
@@ -330,6 +360,15 @@ void GgufWriter::add_tensor(const std::string& name, const std::vector<int64_t>&
     const auto* p = static_cast<const uint8_t*>(data);
     t.data.assign(p, p + nbytes);
   }
+  impl_->tensor_index[name] = impl_->tensors.size();
+  impl_->tensors.push_back(std::move(t));
+}
+
+void GgufWriter::add_zero_tensor(const std::string& name, const std::vector<int64_t>& ne, QType type) {
+  if (impl_->tensor_index.count(name)) fail("GGUF writer: tensor '" + name + "' added twice");
+  PendingTensor t{name, ne, type, {}};
+  t.nbytes = checked_tensor_bytes(name, ne, type);
+  t.hole = true;
   impl_->tensor_index[name] = impl_->tensors.size();
   impl_->tensors.push_back(std::move(t));
 }

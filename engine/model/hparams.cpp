@@ -1,4 +1,5 @@
 // HParams: read from `deepseek4.*` metadata, validated, written back; the tensor inventory.
+#include <map>
 #include <sstream>
 
 #include "ds4/error.h"
@@ -273,6 +274,54 @@ std::vector<TensorSpec> expected_tensors(const HParams& hp) {
   add("output_norm.weight", {d}, TensorRole::Vector, -1);
   add("output.weight", {d, hp.n_vocab}, TensorRole::Output, -1);
   return out;
+}
+
+std::vector<TensorSpec> expected_mtp_sidecar_tensors(const HParams& hp) {
+  HParams with_mtp = hp;
+  with_mtp.n_mtp = 1;
+  const std::string block = "blk." + std::to_string(hp.n_layer) + ".";
+  std::map<std::string, TensorSpec> single;  // sidecar name -> spec of the single-file tensor
+  for (TensorSpec t : expected_tensors(with_mtp)) {
+    if (t.name.rfind(block, 0) != 0) continue;
+    const std::string name = mtp_sidecar_name(hp, t.name);
+    if (name.empty()) continue;  // eh_proj: split below
+    t.name = name;
+    t.alt_ne.clear();  // ds4.c checks attn_output_a 2-D only
+    single[name] = t;
+  }
+  const int64_t d = hp.n_embd;
+  const int L = static_cast<int>(hp.n_layer);
+  single["mtp.0.e_proj.weight"] = {"mtp.0.e_proj.weight", {d, d}, TensorRole::AttnProj, L, true, {}};
+  single["mtp.0.h_proj.weight"] = {"mtp.0.h_proj.weight", {d, d}, TensorRole::AttnProj, L, true, {}};
+  // ds4.c's mtp_weights_bind order: the head, then the block as a trunk layer binds it.
+  static const char* const kOrder[] = {
+      "hc_head_base.weight", "hc_head_fn.weight", "hc_head_scale.weight", "e_proj.weight",
+      "h_proj.weight", "enorm.weight", "hnorm.weight", "norm.weight",
+      "hc_attn_fn.weight", "hc_attn_scale.weight", "hc_attn_base.weight", "attn_norm.weight",
+      "attn_q_a.weight", "attn_q_a_norm.weight", "attn_q_b.weight", "attn_kv.weight",
+      "attn_kv_a_norm.weight", "attn_sinks.weight", "attn_output_a.weight", "attn_output_b.weight",
+      "hc_ffn_fn.weight", "hc_ffn_scale.weight", "hc_ffn_base.weight", "ffn_norm.weight",
+      "ffn_gate_inp.weight", "exp_probs_b.bias", "ffn_gate_exps.weight", "ffn_up_exps.weight",
+      "ffn_down_exps.weight", "ffn_gate_shexp.weight", "ffn_up_shexp.weight", "ffn_down_shexp.weight"};
+  std::vector<TensorSpec> out;
+  for (const char* suffix : kOrder) {
+    const auto it = single.find(std::string("mtp.0.") + suffix);
+    if (it == single.end()) continue;  // shared expert tensors when expert_shared_count = 0
+    out.push_back(it->second);
+    single.erase(it);
+  }
+  if (!single.empty()) fail("internal: MTP sidecar tensor '" + single.begin()->first + "' has no place");
+  return out;
+}
+
+std::string mtp_sidecar_name(const HParams& hp, const std::string& name) {
+  const std::string block = "blk." + std::to_string(hp.n_layer) + ".";
+  if (name.rfind(block, 0) != 0) fail("internal: '" + name + "' is not an MTP block tensor");
+  std::string rest = name.substr(block.size());
+  if (rest == "nextn.eh_proj.weight") return "";
+  if (rest == "nextn.shared_head_norm.weight") return "mtp.0.norm.weight";
+  if (rest.rfind("nextn.", 0) == 0) rest = rest.substr(6);  // enorm, hnorm, hc_head_*
+  return "mtp.0." + rest;
 }
 
 QType QuantMix::type_for(TensorRole role) const {

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 #include <exception>
+#include <map>
 #include <thread>
 
 #include "ds4/error.h"
@@ -164,6 +165,26 @@ HParams preset_flash_shape() {
   return hp;
 }
 
+// The published Flash trunk: flash-shape with all 43 layers and 256 experts.
+HParams preset_published() {
+  HParams hp = preset_flash_shape();
+  hp.n_layer = 43;
+  hp.n_expert = 256;
+  return hp;
+}
+
+bool is_published_preset(const std::string& preset) {
+  return preset == "published" || preset == "published-mtp";
+}
+
+// The published sidecar's recipe (its file name: MTP-Q4K-Q8_0-F32): Q4_K routed experts, Q8_0
+// projections (attention, shared expert, e_proj/h_proj), F32 for the HC and router matrices that
+// ds4.c accepts as F16 or F32. (Embedding and output are not in a sidecar.)
+QuantMix published_mtp_mix() {
+  using Q = QType;
+  return {"published-mtp", Q::F16, Q::Q8_0, Q::Q8_0, Q::Q8_0, Q::Q4_K, Q::Q4_K, Q::F32};
+}
+
 // ---- weights ----
 
 struct Dist {
@@ -297,7 +318,9 @@ uint64_t synth_stream_seed(uint64_t seed, const std::string& name, uint64_t inde
 
 // ---- public API ----
 
-std::vector<std::string> synth_presets() { return {"tiny", "flash-shape"}; }
+std::vector<std::string> synth_presets() { return {"tiny", "flash-shape", "published", "published-mtp"}; }
+
+bool synth_preset_is_weightless(const std::string& preset) { return is_published_preset(preset); }
 
 std::string synth_model_name(const SynthOptions& opt) {
   return "ds4-synth-" + opt.preset + "-" + opt.quant_mix + "-seed" + std::to_string(opt.seed);
@@ -309,8 +332,10 @@ HParams synth_hparams(const SynthOptions& opt) {
     hp = preset_tiny();
   else if (opt.preset == "flash-shape")
     hp = preset_flash_shape();
+  else if (is_published_preset(opt.preset))
+    hp = preset_published();
   else
-    fail("unknown synth preset '" + opt.preset + "' (known: tiny, flash-shape)");
+    fail("unknown synth preset '" + opt.preset + "' (known: tiny, flash-shape, published, published-mtp)");
   if (opt.n_layer) hp.n_layer = opt.n_layer;
   if (opt.n_vocab) hp.n_vocab = opt.n_vocab;
   if (opt.n_ff_exp) hp.n_ff_exp = opt.n_ff_exp;
@@ -323,7 +348,8 @@ HParams synth_hparams(const SynthOptions& opt) {
   hp.clamp_exp.assign(hp.n_layer, 10.f);
   hp.clamp_shexp.assign(hp.n_layer, 10.f);
   hp.n_ctx_train = 1048576;
-  hp.n_mtp = opt.mtp ? 1 : 0;
+  // The published trunk declares its MTP block (nextn_predict_layers = 1) but ships it apart.
+  hp.n_mtp = opt.mtp || opt.mtp_sidecar || is_published_preset(opt.preset) ? 1 : 0;
   hp.validate("synth preset '" + opt.preset + "'");
   return hp;
 }
@@ -343,22 +369,98 @@ std::vector<QType> plan_tensor_types(const std::vector<TensorSpec>& specs, const
   return types;
 }
 
+namespace {
+
+// Tensor bytes: seeded random values quantised to `type`, or (weightless presets) a zero hole.
+void add_synth_tensor(GgufWriter& w, const std::string& name, const std::vector<int64_t>& ne, QType type,
+                      const std::vector<uint8_t>* data) {
+  if (data) w.add_tensor(name, ne, type, data->data(), data->size());
+  else w.add_zero_tensor(name, ne, type);
+}
+
+// The sidecar: the MTP block's tensors renamed (mtp_sidecar_name), eh_proj's rows cut into the
+// e_proj and h_proj halves (d is a multiple of every block size, so the halves are whole blocks
+// and the bytes are those of the single file), in ds4.c's order.
+void write_mtp_sidecar(const SynthOptions& opt, const HParams& hp, const QuantMix& mix, bool zero,
+                       const std::string& path) {
+  const std::vector<TensorSpec> single = expected_tensors(hp);
+  const std::vector<TensorSpec> side = expected_mtp_sidecar_tensors(hp);
+  std::map<std::string, size_t> side_index;
+  for (size_t i = 0; i < side.size(); ++i) side_index[side[i].name] = i;
+  const std::vector<QType> types = plan_tensor_types(side, mix);  // fail before any work
+  std::vector<std::vector<uint8_t>> data(side.size());
+  if (!zero) {
+    const std::string block = "blk." + std::to_string(hp.n_layer) + ".";
+    for (const TensorSpec& t : single) {
+      if (t.name.rfind(block, 0) != 0) continue;
+      const std::string name = mtp_sidecar_name(hp, t.name);
+      if (!name.empty()) {
+        const size_t i = side_index.at(name);
+        data[i] = make_tensor(t, types[i], hp, opt.seed, opt.n_threads);
+        continue;
+      }
+      const size_t ie = side_index.at("mtp.0.e_proj.weight"), ih = side_index.at("mtp.0.h_proj.weight");
+      if (types[ie] != types[ih]) fail("internal: e_proj and h_proj differ in type");
+      const std::vector<uint8_t> eh = make_tensor(t, types[ie], hp, opt.seed, opt.n_threads);
+      const size_t half = qtype_row_bytes(types[ie], hp.n_embd);
+      for (int64_t r = 0; r < t.ne[1]; ++r) {
+        const uint8_t* row = eh.data() + 2 * half * static_cast<size_t>(r);
+        data[ie].insert(data[ie].end(), row, row + half);
+        data[ih].insert(data[ih].end(), row + half, row + 2 * half);
+      }
+    }
+  }
+  GgufWriter w;
+  w.set_str("general.architecture", kMtpSidecarArch);
+  // The published sidecar's name (so the fixture's header, and its size, match the real file's).
+  w.set_str("general.name", opt.preset == "published-mtp" ? "DeepSeek V4 Flash MTP support" : synth_model_name(opt) + "-mtp");
+  // The keys the published sidecar carries (it has no tokenizer and no trunk hyperparameters);
+  // the loader compares every deepseek4.* shape key a sidecar has with the trunk.
+  w.set_u32("deepseek4.expert_count", hp.n_expert);
+  w.set_u32("deepseek4.mtp_layer_count", 1);
+  w.set_u32("deepseek4.nextn_predict_layers", 1);
+  if (!is_published_preset(opt.preset)) {
+    w.set_u32("deepseek4.embedding_length", hp.n_embd);
+    w.set_u32("deepseek4.vocab_size", hp.n_vocab);
+    w.set_u32("deepseek4.hyper_connection.count", hp.n_hc);
+  }
+  for (size_t i = 0; i < side.size(); ++i)
+    add_synth_tensor(w, side[i].name, side[i].ne, types[i], zero ? nullptr : &data[i]);
+  w.write(path);
+}
+
+}  // namespace
+
 void write_synth_model(const SynthOptions& opt, const std::string& path) {
   const HParams hp = synth_hparams(opt);
+  const bool published = is_published_preset(opt.preset);
+  const bool zero = synth_preset_is_weightless(opt.preset);
+  if (opt.mtp_sidecar || opt.preset == "published-mtp") {
+    write_mtp_sidecar(opt, hp, opt.preset == "published-mtp" ? published_mtp_mix() : QuantMix::by_name(opt.quant_mix),
+                      zero, path);
+    return;
+  }
   const QuantMix mix = QuantMix::by_name(opt.quant_mix);
-  const std::vector<TensorSpec> specs = expected_tensors(hp);
+  HParams tensors_hp = hp;
+  if (published) tensors_hp.n_mtp = 0;  // declared in the metadata, shipped as the sidecar
+  const std::vector<TensorSpec> specs = expected_tensors(tensors_hp);
   const std::vector<QType> types = plan_tensor_types(specs, mix);  // fail before any work
 
   GgufWriter w;
-  w.spill_tensors_near(path);  // flash-shape is GiBs: tensors wait on disk, not in memory
+  if (!zero) w.spill_tensors_near(path);  // flash-shape is GiBs: tensors wait on disk, not in memory
   hp.write(w);
   w.set_str("general.name", synth_model_name(opt));
   write_tokenizer_metadata(w, make_synthetic_vocab(static_cast<int32_t>(hp.n_vocab)));
   for (size_t i = 0; i < specs.size(); ++i) {
     const TensorSpec& t = specs[i];
+    // attn_output_a goes out 3-D [in, o_lora, groups] (llama.cpp's layout; same bytes), except in
+    // the published layout, which has it 2-D as ds4.c's weights_validate_layout checks.
+    const std::vector<int64_t>& ne = t.alt_ne.empty() || published ? t.ne : t.alt_ne;
+    if (zero) {
+      w.add_zero_tensor(t.name, ne, types[i]);
+      continue;
+    }
     std::vector<uint8_t> data = make_tensor(t, types[i], hp, opt.seed, opt.n_threads);
-    // attn_output_a goes out 3-D [in, o_lora, groups] (llama.cpp's layout; same bytes).
-    const std::vector<int64_t>& ne = t.alt_ne.empty() ? t.ne : t.alt_ne;
     w.add_tensor(t.name, ne, types[i], data.data(), data.size());
   }
   w.write(path);

@@ -25,7 +25,7 @@ std::vector<std::string> split_list(const std::string& s) {
 }  // namespace
 
 int cmd_ablate(const std::vector<std::string>& args) {
-  std::string model_path, prompts_file, token_files, profile = "ds4", mode = "batched", gates, state = "ablate-state",
+  std::string model_path, mtp_path, prompts_file, token_files, profile = "ds4", mode = "batched", gates, state = "ablate-state",
                                                      shard, json_out, rank_by = "severity", backend = "cpu";
   int64_t generate = 64, width = 0, prefix = 0, threads = 0;
   bool merge = false, no_minimal = false, verify_minimal = false, quiet = false;
@@ -33,6 +33,7 @@ int cmd_ablate(const std::vector<std::string>& args) {
   std::vector<std::string> dirs;
   ArgParser p("ablate");
   p.option("-m", &model_path, "model GGUF (default: the built-in tiny model)")
+      .option("--mtp", &mtp_path, "MTP sidecar GGUF (deepseek4_mtp_support) paired with -m")
       .option("--prompts", &prompts_file, "prompt file: one user prompt per line, '@file' for a token file")
       .option("--tokens", &token_files, "token files (comma separated) instead of prompts")
       .option("--generate", &generate, "teacher-forced greedy tokens appended to each prompt", 0, 1 << 20)
@@ -60,6 +61,8 @@ int cmd_ablate(const std::vector<std::string>& args) {
   const EnvSettings env = read_environment();
   AblateConfig cfg;
   cfg.model_path = model_path.empty() ? builtin_model_path(env) : model_path;
+  if (!mtp_path.empty() && model_path.empty()) fail("bad flag: --mtp needs -m (the built-in tiny model takes no MTP sidecar)");
+  cfg.mtp_path = mtp_path;
   if (!prompts_file.empty()) cfg.prompts = read_prompt_file(prompts_file);
   for (const std::string& f : split_list(token_files)) {
     PromptInput in;

@@ -10,7 +10,7 @@
 namespace ds4 {
 
 int cmd_bisect(const std::vector<std::string>& args) {
-  std::string model_path, prompt = "Hello! Who are you?", token_file, mode = "batched", profile = "ds4",
+  std::string model_path, mtp_path, prompt = "Hello! Who are you?", token_file, mode = "batched", profile = "ds4",
                           cand = "all=fast", ref = "plain", fault, json_out, backend = "cpu";
   int64_t generate = 64, width = 0, prefix = 0, threads = 0;
   bool gates = false, no_confirm = false, quiet = false;
@@ -18,6 +18,7 @@ int cmd_bisect(const std::vector<std::string>& args) {
   std::vector<std::string> dumps;
   ArgParser p("bisect");
   p.option("-m", &model_path, "model GGUF for in-process runs (default: the built-in tiny model)")
+      .option("--mtp", &mtp_path, "MTP sidecar GGUF (deepseek4_mtp_support) paired with -m")
       .option("--prompt", &prompt, "user prompt (in-process runs)")
       .option("--tokens", &token_file, "token file instead of a prompt")
       .option("--generate", &generate, "teacher-forced greedy tokens appended", 0, 1 << 20)
@@ -54,7 +55,9 @@ int cmd_bisect(const std::vector<std::string>& args) {
     cfg.dump_b = dumps[1];
   } else {
     cfg.model_path = model_path.empty() ? builtin_model_path(env) : model_path;
-    auto model = Model::load(cfg.model_path);
+    if (!mtp_path.empty() && model_path.empty()) fail("bad flag: --mtp needs -m (the built-in tiny model takes no MTP sidecar)");
+    cfg.mtp_path = mtp_path;
+    auto model = Model::load(cfg.model_path, cfg.mtp_path);
     PromptInput in;
     in.name = "bisect";
     in.text = prompt;

@@ -11,7 +11,7 @@
 namespace ds4 {
 
 int cmd_run(const std::vector<std::string>& args) {
-  std::string model_path, prompt = "Hello", system = "You are a helpful assistant", token_file, mode = "plain",
+  std::string model_path, mtp_path, prompt = "Hello", system = "You are a helpful assistant", token_file, mode = "plain",
                           profile = "ds4", gates, fault, taps = "full", out,
                           drafts = "given", backend = "cpu";
   int64_t width = 0, prefix = 0, generate = 0, threads = 0;
@@ -19,6 +19,7 @@ int cmd_run(const std::vector<std::string>& args) {
   TapFilterFlags tap_filter;
   ArgParser p("run");
   p.option("-m", &model_path, "model GGUF (default: the built-in tiny model)")
+      .option("--mtp", &mtp_path, "MTP sidecar GGUF (deepseek4_mtp_support) paired with -m")
       .option("--prompt", &prompt, "user prompt, rendered with the chat template")
       .option("--system", &system, "system text for the chat template")
       .flag("--nothink", &nothink, "open the assistant turn with </think>")
@@ -57,7 +58,8 @@ int cmd_run(const std::vector<std::string>& args) {
   const TapFilter filter = tap_filter.filter();
 
   const std::string path = model_path.empty() ? builtin_model_path(env) : model_path;
-  std::shared_ptr<const Model> model = Model::load(path);
+  if (!mtp_path.empty() && model_path.empty()) fail("bad flag: --mtp needs -m (the built-in tiny model takes no MTP sidecar)");
+  std::shared_ptr<const Model> model = Model::load(path, mtp_path);
   std::vector<int32_t> tokens = token_file.empty() ? tokens_from_prompt(*model, system, prompt, !nothink)
                                                    : read_token_file(token_file, model->hparams().n_vocab);
   if (spec.mode == RunMode::Verify && drafts == "mtp") {

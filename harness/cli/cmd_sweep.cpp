@@ -10,13 +10,14 @@
 namespace ds4 {
 
 int cmd_sweep(const std::vector<std::string>& args) {
-  std::string model_path, prompt = "Hello! Who are you?", token_file, profile = "ds4", gates = "all=fast", lengths,
+  std::string model_path, mtp_path, prompt = "Hello! Who are you?", token_file, profile = "ds4", gates = "all=fast", lengths,
                           json_out;
   int64_t generate = 64, max_width = 16, prefix = 0, threads = 0;
   bool strict = false, quiet = false;
   TapFilterFlags capture;
   ArgParser p("sweep");
   p.option("-m", &model_path, "model GGUF (default: the built-in tiny model)")
+      .option("--mtp", &mtp_path, "MTP sidecar GGUF (deepseek4_mtp_support) paired with -m")
       .option("--prompt", &prompt, "user prompt")
       .option("--tokens", &token_file, "token file instead of a prompt")
       .option("--generate", &generate, "teacher-forced greedy tokens appended", 0, 1 << 20)
@@ -39,7 +40,9 @@ int cmd_sweep(const std::vector<std::string>& args) {
   cfg.model_path = model_path.empty() ? builtin_model_path(env) : model_path;
   cfg.profile = profile_from_name(profile);
   cfg.gates = strict ? GateSet::all_exact() : GateSet::parse(gates);
-  auto model = Model::load(cfg.model_path);
+  if (!mtp_path.empty() && model_path.empty()) fail("bad flag: --mtp needs -m (the built-in tiny model takes no MTP sidecar)");
+  cfg.mtp_path = mtp_path;
+  auto model = Model::load(cfg.model_path, cfg.mtp_path);
   PromptInput in;
   in.name = "sweep";
   in.text = prompt;

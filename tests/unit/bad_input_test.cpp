@@ -31,6 +31,7 @@
 
 #include "ds4/dump.h"
 #include "ds4/gguf.h"
+#include "ds4/synth.h"
 #include "../support/tiny_models.h"
 
 namespace fs = std::filesystem;
@@ -183,6 +184,17 @@ const Files& files() {
     ratios[0] = 3;
     rewrite_gguf(x.model, d + "bad-ratio.gguf", "", "", true,
                  {{"deepseek4.attention.compress_ratios", ratios}});
+    // MTP sidecars (--mtp): the tiny model's own, one of a model with another vocabulary, one
+    // with a tensor missing; and a trunk that already holds its MTP block.
+    {
+      ds4::SynthOptions o;
+      o.mtp_sidecar = true;
+      ds4::write_synth_model(o, d + "mtp.gguf");
+      rewrite_gguf(d + "mtp.gguf", d + "mtp-no-hproj.gguf", "", "mtp.0.h_proj.weight", true);
+      o.n_vocab = 600;
+      ds4::write_synth_model(o, d + "mtp-vocab600.gguf");
+      fs::copy_file(ds4::testing::tiny_model_path("ds4", true), d + "tiny-mtp.gguf");
+    }
     // Token files.
     spit(d + "tokens-ok.txt", "1 2 3");
     spit(d + "tokens-word.txt", "1 two 3");
@@ -280,6 +292,14 @@ const std::vector<Row>& rows() {
       {"model (`-m`)", "hyperparameter key missing", Tool::Parity, run_model("{DIR}/no-block-count.gguf"), {}, {"no-block-count.gguf", "deepseek4.block_count", "missing"}},
       {"model (`-m`)", "bad hyperparameter value", Tool::Ds4, {"-m", "{DIR}/bad-ratio.gguf"}, {}, {"bad-ratio.gguf", "compress_ratios", "3"}},
       {"model (`-m`)", "tensor missing", Tool::Parity, run_model("{DIR}/no-output.gguf"), {}, {"no-output.gguf", "output.weight"}},
+      // ---- MTP sidecar (--mtp) ----
+      {"MTP sidecar (`--mtp`)", "missing file", Tool::Ds4, ds4_ok({"--mtp", "{DIR}/nope-mtp.gguf"}), {}, {"{DIR}/nope-mtp.gguf", "cannot open"}},
+      {"MTP sidecar (`--mtp`)", "not a GGUF (text)", Tool::Parity, run_ok({"--mtp", "{DIR}/text.gguf"}), {}, {"text.gguf", "bad magic"}},
+      {"MTP sidecar (`--mtp`)", "a trunk, not a sidecar", Tool::Ds4, ds4_ok({"--mtp", "{MODEL}"}), {}, {"general.architecture", "deepseek4_mtp_support"}},
+      {"MTP sidecar (`--mtp`)", "sidecar of another model (vocab 600)", Tool::Parity, run_ok({"--mtp", "{DIR}/mtp-vocab600.gguf"}), {}, {"mtp-vocab600.gguf", "deepseek4.vocab_size", "600"}},
+      {"MTP sidecar (`--mtp`)", "sidecar tensor missing", Tool::Ds4, ds4_ok({"--mtp", "{DIR}/mtp-no-hproj.gguf"}), {}, {"mtp-no-hproj.gguf", "mtp.0.h_proj.weight", "missing"}},
+      {"MTP sidecar (`--mtp`)", "trunk already holds its MTP block", Tool::Ds4, {"-m", "{DIR}/tiny-mtp.gguf", "--mtp", "{DIR}/mtp.gguf", "-n", "1"}, {}, {"tiny-mtp.gguf", "already holds"}},
+      {"MTP sidecar (`--mtp`)", "--mtp without -m", Tool::Ds4, {"--mtp", "{DIR}/mtp.gguf", "-n", "1"}, {}, {"--mtp", "-m"}},
       // ---- tokens file (--tokens) ----
       {"tokens (`--tokens`)", "missing file", Tool::Parity, run_ok({"--tokens", "{DIR}/nope.txt"}), {}, {"{DIR}/nope.txt", "token file"}},
       {"tokens (`--tokens`)", "a directory", Tool::Parity, run_ok({"--tokens", "{DIR}/adir"}), {}, {"{DIR}/adir", "token file"}},
@@ -372,6 +392,8 @@ const std::vector<Row>& rows() {
       {"environment", "DS4_PROFILE unknown", Tool::Ds4, ds4_ok({}), {"DS4_PROFILE=fast"}, {"DS4_PROFILE", "'fast'"}},
       {"environment", "DS4_PROFILE unknown (ds4-parity)", Tool::Parity, run_ok({}), {"DS4_PROFILE=fast"}, {"DS4_PROFILE", "'fast'"}},
       {"environment", "DS4_GATES bad", Tool::Parity, run_ok({"--mode", "batched"}), {"DS4_GATES=all=slow"}, {"DS4_GATES", "all=slow"}},
+      {"environment", "DS4_CPU_DEQUANT_CACHE_MB not a number", Tool::Ds4, ds4_ok({}), {"DS4_CPU_DEQUANT_CACHE_MB=lots"}, {"DS4_CPU_DEQUANT_CACHE_MB", "'lots'"}},
+      {"environment", "DS4_CPU_DEQUANT_CACHE_MB zero", Tool::Parity, run_ok({"--mode", "batched"}), {"DS4_CPU_DEQUANT_CACHE_MB=0"}, {"DS4_CPU_DEQUANT_CACHE_MB", "0"}},
       {"environment", "DS4_CACHE_DIR not creatable", Tool::Ds4, {"-n", "1"}, {"DS4_CACHE_DIR=/dev/null/cache"}, {"/dev/null/cache"}},
   };
   return r;

@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cstring>
@@ -391,6 +392,34 @@ TEST(Gguf, SpilledTensorsWriteTheSameBytes) {
   w.write(sub + "/s.gguf");
   EXPECT_EQ(read_file(dir.file("mem.gguf")), read_file(sub + "/s.gguf"));
   EXPECT_THROW(GgufWriter().spill_tensors_near(dir.file("no/such/folder/x.gguf")), ds4::Error);
+}
+
+// add_zero_tensor: the reader sees zero bytes where the writer wrote none (a hole in the middle and
+// one at the end, whose length the writer must set), and the file takes no disk for them.
+TEST(Gguf, ZeroTensorsAreHolesThatReadAsZero) {
+  TempDir dir;
+  const size_t big = size_t{64} << 20;  // 64 MiB of F32 zeros
+  const std::vector<uint8_t> head = pattern(96, 5), mid = pattern(40, 9);
+  GgufWriter w;
+  w.set_str("general.architecture", "test");
+  w.add_tensor("head", {24}, QType::F32, head.data(), head.size());
+  w.add_zero_tensor("hole", {int64_t(big / 4)}, QType::F32);
+  w.add_tensor("mid", {10}, QType::F32, mid.data(), mid.size());
+  w.add_zero_tensor("tail", {64, 3}, QType::Q8_0);
+  EXPECT_THROW(w.add_zero_tensor("hole", {8}, QType::F32), ds4::Error);     // a duplicate name
+  EXPECT_THROW(w.add_zero_tensor("odd", {31}, QType::Q8_0), ds4::Error);    // not whole blocks
+  w.write(dir.file("z.gguf"));
+  const auto f = GgufFile::open(dir.file("z.gguf"));
+  EXPECT_EQ(std::memcmp(f->tensor("head").data, head.data(), head.size()), 0);
+  EXPECT_EQ(std::memcmp(f->tensor("mid").data, mid.data(), mid.size()), 0);
+  for (const char* name : {"hole", "tail"}) {
+    const ds4::GgufTensor& t = f->tensor(name);
+    EXPECT_TRUE(std::all_of(t.data, t.data + t.nbytes, [](uint8_t b) { return b == 0; })) << name;
+  }
+  EXPECT_EQ(f->tensor("tail").nbytes, size_t{3} * 2 * 34);
+  struct stat st {};
+  ASSERT_EQ(::stat(dir.file("z.gguf").c_str(), &st), 0);
+  EXPECT_LT(static_cast<uint64_t>(st.st_blocks) * 512, uint64_t{1} << 20) << "the hole took disk blocks";
 }
 
 TEST(Gguf, CustomAlignmentIsHonoured) {

@@ -77,7 +77,7 @@ void expect_same_hparams(const HParams& a, const HParams& b) {
 }
 
 TEST(Synth, Presets) {
-  EXPECT_EQ(ds4::synth_presets(), (std::vector<std::string>{"tiny", "flash-shape"}));
+  EXPECT_EQ(ds4::synth_presets(), (std::vector<std::string>{"tiny", "flash-shape", "published", "published-mtp"}));
 
   const HParams t = ds4::synth_hparams(SynthOptions{});
   EXPECT_EQ(t.n_layer, 4u);

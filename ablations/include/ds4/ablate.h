@@ -61,6 +61,7 @@ namespace ds4 {
 
 struct AblateConfig {
   std::string model_path;
+  std::string mtp_path;              // MTP sidecar paired with the model ("" none)
   std::vector<PromptInput> prompts;  // empty: default_prompts()
   int64_t generate = 64;             // teacher-forced greedy tokens appended to each prompt
   Profile profile = Profile::Ds4;

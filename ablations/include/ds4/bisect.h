@@ -46,6 +46,7 @@ struct BisectConfig {
   // ... or a model and token sequence run in-process: the reference is plain decode unless
   // ref_gates is set (then a run of `cand` with ref_gates and no fault).
   std::string model_path;
+  std::string mtp_path;  // MTP sidecar paired with model_path ("" none)
   std::vector<int32_t> tokens;
   RunSpec cand;                 // mode, width, prefix, gates, fault, profile (tokens: above)
   TapFilter capture;            // in-process runs: the taps compared (default all; see ablate.h)

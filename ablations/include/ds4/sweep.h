@@ -23,6 +23,7 @@ namespace ds4 {
 
 struct SweepConfig {
   std::string model_path;
+  std::string mtp_path;  // MTP sidecar paired with the model ("" none)
   std::vector<int32_t> tokens;
   Profile profile = Profile::Ds4;
   GateSet gates;                  // candidate gate settings (default all fast)

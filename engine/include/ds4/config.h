@@ -34,6 +34,7 @@ EnvSettings read_environment();
 // The `ds4` command line.
 struct Ds4Cli {
   std::string model;                // -m (empty: built-in tiny model)
+  std::string mtp;                  // --mtp: MTP sidecar paired with -m (empty: none)
   std::string prompt = "Hello";     // -p
   int n_predict = 32;               // -n
   float temperature = 0.0f;         // --temp (0 = greedy)

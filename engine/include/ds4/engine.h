@@ -54,7 +54,12 @@ struct ModelWeights;
 class Model {
  public:
   // Loads and validates a GGUF file (throws ds4::Error naming the key or tensor at fault).
-  static std::shared_ptr<Model> load(const std::string& path);
+  // A trunk whose nextn_predict_layers = 1 but which holds no blk.<n_layer>.* tensors (the
+  // published file) loads without its MTP block: that block ships as a separate sidecar.
+  // `mtp_path` (optional) is such a sidecar (general.architecture deepseek4_mtp_support, mtp.0.*
+  // tensors): it is checked against the trunk and paired with it, so has_mtp() and
+  // Session::mtp_draft work. A trunk with its own MTP block takes no sidecar.
+  static std::shared_ptr<Model> load(const std::string& path, const std::string& mtp_path = "");
   ~Model();
   const HParams& hparams() const { return hp_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
@@ -62,11 +67,15 @@ class Model {
   const ModelWeights& weights() const { return *weights_; }
   const std::string& path() const;
   bool has_mtp() const { return hp_.n_mtp > 0; }
+  // The MTP sidecar paired with the trunk ("" if none: no MTP, or the block is in the trunk).
+  const std::string& mtp_path() const { return mtp_path_; }
 
  private:
   Model() = default;
   HParams hp_;
   std::shared_ptr<GgufFile> file_;
+  std::shared_ptr<GgufFile> mtp_file_;  // the sidecar's mapping, alive as long as its weights
+  std::string mtp_path_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ModelWeights> weights_;
 };
@@ -109,6 +118,10 @@ struct SessionOptions {
   int n_threads = 0;        // 0: hardware concurrency
   int64_t max_ctx = 4096;   // positions the session may hold (compressed caches are sized by it)
   FaultInjection fault;     // off by default
+  // CPU: byte cap of the cache of dequantised F32 weight copies the GEMM gates use (least
+  // recently used copies are dropped; results do not depend on it). 0: DS4_CPU_DEQUANT_CACHE_MB,
+  // else 512 MiB.
+  int64_t dequant_cache_bytes = 0;
 };
 
 struct SessionState;  // KV, compressor and indexer state of every layer, plus the position

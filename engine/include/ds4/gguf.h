@@ -125,6 +125,10 @@ class GgufWriter {
   // Throws on a duplicate name or a size that does not match the type and shape.
   void add_tensor(const std::string& name, const std::vector<int64_t>& ne, QType type,
                   const void* data, size_t nbytes);
+  // Adds a tensor whose bytes are all zero without holding or writing them: write() leaves a
+  // hole (a sparse file region that reads back as zeros and takes no disk blocks). This is how
+  // ds4-synth writes weightless fixtures of the 80 GiB published layout.
+  void add_zero_tensor(const std::string& name, const std::vector<int64_t>& ne, QType type);
   // For outputs larger than memory (a converted Flash checkpoint): tensor data added from now
   // on waits in an unlinked scratch file in the folder of `path` (the file write() will create)
   // instead of in memory, and is copied into place by write(). A failed scratch write (a full

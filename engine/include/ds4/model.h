@@ -95,8 +95,21 @@ struct TensorSpec {
   std::vector<int64_t> alt_ne;
 };
 
-// The tensor inventory of a DS4 trunk with these hyperparameters, in file order.
+// The tensor inventory of a DS4 trunk with these hyperparameters, in file order. With n_mtp = 1
+// it includes the MTP block as blk.<n_layer>.* (our single-file layout, as `ds4-synth --mtp`
+// writes it).
 std::vector<TensorSpec> expected_tensors(const HParams& hp);
+
+// The published MTP sidecar (DeepSeek-V4-Flash-MTP-*.gguf, general.architecture
+// "deepseek4_mtp_support"): the MTP block of the trunk `hp` as 32 tensors mtp.0.*, named and
+// shaped as antirez/ds4's mtp_weights_bind / mtp_weights_validate_layout expect, in that order.
+// It differs from the single-file block in its head: e_proj and h_proj (each d x d, summed)
+// instead of one eh_proj over [e; h], and enorm/hnorm/norm/hc_head_* without the nextn. prefix.
+inline constexpr const char* kMtpSidecarArch = "deepseek4_mtp_support";
+std::vector<TensorSpec> expected_mtp_sidecar_tensors(const HParams& hp);
+// The sidecar name of a single-file MTP tensor (blk.<n_layer>.X -> mtp.0.X; nextn.shared_head_norm
+// -> mtp.0.norm, ...); "" for nextn.eh_proj, which the sidecar splits into e_proj and h_proj.
+std::string mtp_sidecar_name(const HParams& hp, const std::string& single_file_name);
 
 // A quant mix: the type given to each TensorRole. "ds4" is the real Flash recipe (IQ2_XXS gate/up,
 // Q2_K down, Q8_0 attention/shared/output, F16 embed/router/HC/compressor/indexer, F32 vectors);

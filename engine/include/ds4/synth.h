@@ -2,6 +2,11 @@
 // deepseek4 GGUF with a synthetic BPE vocabulary. The "tiny" preset is the HF oracle's config
 // (tests/fixtures/hf-tiny) with a 256-wide expert FFN so the real ds4 quant mix applies; the
 // "flash-shape" preset has every per-layer dimension of real Flash with few layers and experts.
+// "published" and "published-mtp" are weightless CI fixtures of the files users run: the tensor
+// directory and deepseek4.* metadata of DeepSeek-V4-Flash-IQ2XXS-w2Q2K-AProjQ8-SExpQ8-OutQ8-chat-v2
+// .gguf (43 layers, 256 experts, nextn_predict_layers = 1 with the MTP block left to the sidecar)
+// and of its sidecar DeepSeek-V4-Flash-MTP-Q4K-Q8_0-F32.gguf, with every tensor's bytes zero and
+// left as a sparse hole (the 80 GiB trunk takes a few MiB of disk).
 //
 // Same options -> same file bytes, on any platform: weights come from per-row mt19937_64 streams
 // and our own Box-Muller with hand-written log/sin/cos (std::normal_distribution and libm are
@@ -23,6 +28,10 @@ struct SynthOptions {
   uint32_t n_layer = 0, n_expert = 0, n_vocab = 0;  // 0 = preset default
   uint32_t n_ff_exp = 0;   // expert FFN width; 0 = preset default (tiny: 256, HF: 64)
   bool mtp = false;        // add one MTP block (hp.n_mtp = 1)
+  // Write only the MTP block, as a deepseek4_mtp_support sidecar (mtp.0.*) for the trunk these
+  // options describe; its weights are the bytes `mtp` would put in the single file (eh_proj
+  // split into e_proj and h_proj). Implied by preset published-mtp.
+  bool mtp_sidecar = false;
   unsigned n_threads = 0;  // 0 = hardware concurrency; never changes the output
 };
 
@@ -33,6 +42,8 @@ HParams synth_hparams(const SynthOptions& opt);
 // Generates and writes the model (atomically, via the GGUF writer). Checks the quant mix against
 // every tensor before generating anything.
 void write_synth_model(const SynthOptions& opt, const std::string& path);
+// True for the presets whose weights are all zero, written as sparse holes.
+bool synth_preset_is_weightless(const std::string& preset);
 
 // The GGUF type of every tensor of `specs` under `mix`, in order. Throws a one-line error naming
 // the first tensor whose ne0 is not a multiple of its type's block size. (Shared with ds4-convert.)

@@ -1,6 +1,7 @@
 #include "ops/matmul/linear.h"
 
 #include <Eigen/Dense>
+#include <cstdio>
 #include <cstring>
 
 #include "backend/cpu/thread_pool.h"
@@ -8,12 +9,76 @@
 
 namespace ds4 {
 
-const std::vector<float>& WeightCache::get(const void* key, int kind,
-                                           const std::function<std::vector<float>()>& build) {
+namespace {
+std::string size_text(int64_t bytes) {
+  char buf[32];
+  if (bytes < (int64_t{1} << 20)) std::snprintf(buf, sizeof buf, "%lld KiB", static_cast<long long>(bytes >> 10));
+  else std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  return buf;
+}
+}  // namespace
+
+WeightCache::Buffer WeightCache::take_buffer(size_t n_floats) {
+  const int64_t need = static_cast<int64_t>(n_floats * sizeof(float));
+  for (;;) {
+    // The smallest spare that holds the copy.
+    auto best = spare_.end();
+    for (auto it = spare_.begin(); it != spare_.end(); ++it)
+      if ((*it)->capacity() >= n_floats && (best == spare_.end() || (*it)->capacity() < (*best)->capacity())) best = it;
+    if (best != spare_.end()) {
+      Buffer b = std::move(*best);
+      spare_.erase(best);
+      b->resize(n_floats);
+      return b;
+    }
+    if (held_ + need <= budget_) {
+      held_ += need;
+      auto b = std::make_shared<std::vector<float>>();
+      b->reserve(n_floats);
+      b->resize(n_floats);
+      held_ += bytes_of(b) - need;
+      return b;
+    }
+    if (!spare_.empty()) {  // spares too small for this copy: free one and try again
+      held_ -= bytes_of(spare_.back());
+      spare_.pop_back();
+      continue;
+    }
+    // Drop the least recently used copy (a linear scan: the cache holds a few dozen entries at
+    // most, and every drop is followed by a dequantisation that costs far more). Its buffer is
+    // recycled unless a caller still holds it; then it is no longer counted and is freed when
+    // that caller lets go.
+    auto oldest = entries_.begin();
+    for (auto it = entries_.begin(); it != entries_.end(); ++it)
+      if (it->second.last_use < oldest->second.last_use) oldest = it;
+    Buffer dropped = std::move(oldest->second.data);
+    entries_.erase(oldest);
+    if (dropped.use_count() == 1) spare_.push_back(std::move(dropped));
+    else held_ -= bytes_of(dropped);
+  }
+}
+
+WeightCache::Entry WeightCache::get(const void* key, int kind, size_t n_floats, const Fill& fill) {
+  const int64_t need = static_cast<int64_t>(n_floats * sizeof(float));
   std::lock_guard<std::mutex> lock(mutex_);
-  auto& slot = entries_[{key, kind}];
-  if (!slot) slot = std::make_unique<std::vector<float>>(build());
-  return *slot;
+  const Key k{key, kind};
+  if (auto it = entries_.find(k); it != entries_.end()) {
+    it->second.last_use = ++clock_;
+    return it->second.data;
+  }
+  if (need > budget_)
+    fail("DS4_CPU_DEQUANT_CACHE_MB: a dequantised weight copy needs " + size_text(need) +
+         ", more than the CPU dequantisation cache budget of " + size_text(budget_) +
+         "; raise DS4_CPU_DEQUANT_CACHE_MB or run the gate exact");
+  Buffer b = take_buffer(n_floats);
+  fill(b->data());
+  entries_[k] = Slot{b, ++clock_};
+  return b;
+}
+
+int64_t WeightCache::bytes_held() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return held_;
 }
 
 namespace {
@@ -21,16 +86,17 @@ namespace {
 using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 enum CacheKind { kF32Exact = 0, kF16Rounded = 1 };
 
-// W as floats: exact dequantisation, or (Q8_0) with d*q rounded to F16 as ds4's expansion does.
-std::vector<float> dequantize_all(const WeightRef& w, bool f16_round) {
-  std::vector<float> out(static_cast<size_t>(w.out) * w.in);
+size_t n_weights(const WeightRef& w) { return static_cast<size_t>(w.out) * static_cast<size_t>(w.in); }
+
+// W as floats into `out` (out x in): exact dequantisation, or (Q8_0) with d*q rounded to F16 as
+// ds4's expansion does.
+void dequantize_all(const WeightRef& w, bool f16_round, float* out) {
   for (int64_t r = 0; r < w.out; ++r) {
-    float* dst = &out[static_cast<size_t>(r) * w.in];
+    float* dst = out + static_cast<size_t>(r) * w.in;
     weight_row_f32(w, r, dst);
     if (f16_round)
       for (int64_t i = 0; i < w.in; ++i) dst[i] = round_f16(dst[i]);
   }
-  return out;
 }
 
 // Y = X W^T over fixed 256-output column blocks (so results do not depend on the thread count).
@@ -54,8 +120,8 @@ void gemm_blocks(const float* Wf, int64_t out, int64_t in, const float* X, int64
 const char* gemm_variant(const WeightRef& w, const float* X, int64_t n, float* Y, const ExecCtx& ctx,
                          bool round_act) {
   const bool q8 = w.type == QType::Q8_0;
-  const std::vector<float>& Wf = ctx.cache->get(w.data, q8 ? kF16Rounded : kF32Exact,
-                                                [&] { return dequantize_all(w, q8); });
+  const WeightCache::Entry Wf = ctx.cache->get(w.data, q8 ? kF16Rounded : kF32Exact, n_weights(w),
+                                               [&](float* out) { dequantize_all(w, q8, out); });
   std::vector<float> Xr;
   const float* Xin = X;
   if (round_act) {
@@ -63,7 +129,7 @@ const char* gemm_variant(const WeightRef& w, const float* X, int64_t n, float* Y
     for (float& v : Xr) v = round_f16(v);
     Xin = Xr.data();
   }
-  gemm_blocks(Wf.data(), w.out, w.in, Xin, n, Y, ctx.pool);
+  gemm_blocks(Wf->data(), w.out, w.in, Xin, n, Y, ctx.pool);
   if (q8) return "matmul_q8__gemm_f16";
   if (w.type == QType::F16) return "matmul_f16__gemm_f16act";
   return "matmul_f32__gemm";
@@ -111,8 +177,9 @@ const char* per_row_exact(const WeightRef& w, const float* X, int64_t n, float* 
 }  // namespace
 
 void gemm_f32_dequant(const WeightRef& w, const float* X, int64_t n_rows, float* Y, const ExecCtx& ctx) {
-  const std::vector<float>& Wf = ctx.cache->get(w.data, kF32Exact, [&] { return dequantize_all(w, false); });
-  gemm_blocks(Wf.data(), w.out, w.in, X, n_rows, Y, ctx.pool);
+  const WeightCache::Entry Wf =
+      ctx.cache->get(w.data, kF32Exact, n_weights(w), [&](float* out) { dequantize_all(w, false, out); });
+  gemm_blocks(Wf->data(), w.out, w.in, X, n_rows, Y, ctx.pool);
 }
 
 const char* linear_gemm(const WeightRef& w, const float* X, int64_t n_rows, float* Y, const ExecCtx& ctx) {
