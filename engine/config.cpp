@@ -8,6 +8,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <optional>
+#include <utility>
 
 #include "backend/cuda/forward_cuda.h"
 #include "forward/exec.h"
@@ -157,8 +159,10 @@ Ds4Cli parse_ds4_cli(int argc, char** argv, const EnvSettings& env) {
   if (!env.profile.empty()) c.profile = profile_from_name(env.profile);
   c.threads = env.threads;
   for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
+    FlagArg arg = split_flag_arg(argv[i]);
+    const std::string& a = arg.name;
     auto value = [&]() -> std::string {
+      if (arg.value) return *std::exchange(arg.value, std::nullopt);
       if (i + 1 >= argc) fail("bad flag: " + a + " needs a value");
       return argv[++i];
     };
@@ -188,6 +192,7 @@ Ds4Cli parse_ds4_cli(int argc, char** argv, const EnvSettings& env) {
     else if (a == "--strict") strict = true;
     else if (a == "--gates") gates = value();
     else fail("bad flag: unknown option '" + a + "' (see ds4 --help)");
+    if (arg.value) fail("bad flag: " + a + " takes no value");
   }
   c.gates = resolve_gates(env, strict, gates);
   if (!c.mtp.empty() && c.model.empty())
@@ -221,6 +226,12 @@ int64_t cpu_dequant_cache_budget_bytes() {
   return parse_int_flag("DS4_CPU_DEQUANT_CACHE_MB", v, 1, int64_t{1} << 30) * (int64_t{1} << 20);
 }
 
+FlagArg split_flag_arg(const std::string& arg) {
+  const size_t eq = arg.find('=');
+  if (arg.rfind("--", 0) != 0 || eq == std::string::npos || eq == 2) return {arg, std::nullopt};
+  return {arg.substr(0, eq), arg.substr(eq + 1)};
+}
+
 // ---- ds4-synth and ds4-convert -----------------------------------------------------------------
 
 namespace {
@@ -239,12 +250,17 @@ struct ArgWalker {
   char** argv;
   int i = 1;
   std::string flag;
+  std::optional<std::string> inline_value;  // from "--flag=value"
   bool next() {
+    if (inline_value) fail("bad flag: " + flag + " takes no value");
     if (i >= argc) return false;
-    flag = argv[i++];
+    FlagArg a = split_flag_arg(argv[i++]);
+    flag = std::move(a.name);
+    inline_value = std::move(a.value);
     return true;
   }
   std::string value() {
+    if (inline_value) return *std::exchange(inline_value, std::nullopt);
     if (i >= argc) fail("missing value for " + flag);
     return argv[i++];
   }

@@ -36,7 +36,8 @@ ArgParser& ArgParser::positionals(std::vector<std::string>* dest, const std::str
 
 bool ArgParser::parse(const std::vector<std::string>& args) {
   for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
+    const FlagArg arg = split_flag_arg(args[i]);
+    const std::string& a = arg.name;
     if (a == "-h" || a == "--help") return false;
     if (a.size() > 1 && a[0] == '-') {
       const Opt* found = nullptr;
@@ -44,7 +45,10 @@ bool ArgParser::parse(const std::vector<std::string>& args) {
         if (o.name == a) found = &o;
       if (!found) fail("bad flag: unknown option '" + a + "' for `ds4-parity " + command_ + "` (see --help)");
       if (found->flag) {
+        if (arg.value) fail("bad flag: " + a + " takes no value");
         *found->flag = true;
+      } else if (arg.value) {
+        found->set(*arg.value);
       } else {
         if (i + 1 >= args.size()) fail("bad flag: " + a + " needs a value");
         found->set(args[++i]);

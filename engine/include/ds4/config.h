@@ -3,6 +3,7 @@
 // known_env_vars() is an error, which catches typos.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -80,6 +81,15 @@ std::string builtin_model_path(const EnvSettings& env);
 
 // Small helpers shared by the command-line tools.
 int64_t parse_int_flag(const std::string& flag, const std::string& value, int64_t lo, int64_t hi);
+
+// One command-line argument as a flag: "--name=value" splits into ("--name", "value"), anything
+// else is (arg, none). Every CLI of the project reads its flags through this, so `--width=4` and
+// `--width 4` mean the same everywhere; a flag that takes no value refuses "=value".
+struct FlagArg {
+  std::string name;
+  std::optional<std::string> value;
+};
+FlagArg split_flag_arg(const std::string& arg);
 double parse_float_flag(const std::string& flag, const std::string& value, double lo, double hi);
 
 }  // namespace ds4
