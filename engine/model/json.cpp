@@ -63,6 +63,52 @@ std::string lexer_reason(const std::string& msg, bool at_eof) {
   return msg;  // not expected from nlohmann 3.11; still one line
 }
 
+// The byte a lexer error names, as the hand-written parser did: a number's '-', a string's
+// opening quote when it is not closed, the backslash of a bad escape or surrogate, the first
+// byte of a bad UTF-8 sequence; otherwise `stop`, where nlohmann stopped. `first` is the
+// token's first byte.
+size_t error_byte(std::string_view text, const std::string& message, size_t first, size_t stop,
+                  bool at_eof) {
+  auto has = [&](const char* s) { return message.find(s) != std::string::npos; };
+  auto hex = [&](size_t i, const char* allowed) {
+    return i < text.size() && std::strchr(allowed, text[i]) != nullptr;
+  };
+  if (has("after '-'") || has("missing closing quote")) return first;
+  if (has("after backslash") && !at_eof) return stop - 1;
+  if (has("surrogate")) {  // the nearest \uD800-\uDBFF (high) or \uDC00-\uDFFF (low) before
+    const bool high = has("must be followed");
+    for (size_t u = stop; u + 12 > stop && u > first; --u)
+      if (text[u - 1] == '\\' && hex(u, "u") && hex(u + 1, "dD") &&
+          hex(u + 2, high ? "89abAB" : "cdefCDEF")) {
+        // "\uD83D\uD83D": a high surrogate followed by another; the first is unpaired
+        if (high && u >= first + 7 && text[u - 7] == '\\' && hex(u - 6, "u") &&
+            hex(u - 5, "dD") && hex(u - 4, "89abAB"))
+          return u - 7;
+        return u - 1;
+      }
+  }
+  if (has("UTF-8")) {  // a lead byte whose sequence reaches the bad byte
+    for (size_t j = stop; j > first && stop - j < 3; --j) {
+      const auto lead = static_cast<unsigned char>(text[j - 1]);
+      if ((lead & 0xC0) == 0x80) continue;
+      const size_t len = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+      return j - 1 + len > stop ? j - 1 : stop;
+    }
+  }
+  return stop;
+}
+
+// The error where a token came but the context wanted a ':', ']', '}', a
+// string key or the end of the input; "" where the context wanted a value.
+std::string unexpected_token(const std::string& context, bool after_value, bool is_string) {
+  if (after_value) return "trailing characters after the value";
+  if (context == "object key") return is_string ? "" : "expected a string key";
+  if (context == "object separator") return "expected ':'";
+  if (context == "array") return "expected ']'";
+  if (context == "object") return "expected '}'";
+  return "";
+}
+
 // Builds a ds4::Json from nlohmann's SAX events; the first error (ours or nlohmann's) is kept as
 // (offset, reason) and parsing stops.
 struct Builder {
@@ -195,32 +241,6 @@ struct Builder {
     const size_t last_read = detail.find("; last read: '");
     size_t start = at_eof ? text.size() : position - 1;  // the byte the lexer stopped at
     std::string token = "end of input";
-    if (last_read != std::string::npos) {  // the lexer rejected a token
-      const std::string message = detail.substr(0, last_read);
-      if (message != "invalid literal" || (text[start] == '\0' && !at_eof)) {
-        if (message.find("after '-'") != std::string::npos) start -= 1;  // name the '-'
-        if (message.find("missing closing quote") != std::string::npos) {
-          // name the opening quote: last_token is the string so far, a control byte in it
-          // written as the 8 characters "<U+00XX>"
-          size_t bytes = last_token.size();
-          for (size_t i = last_token.find("<U+"); i != std::string::npos;
-               i = last_token.find("<U+", i + 1))
-            bytes -= std::min<size_t>(bytes - 1, 7);
-          start = text.size() - std::min(text.size(), bytes);
-        }
-        if (after_value) return error(start, "trailing characters after the value");
-        return error(start, lexer_reason(message, at_eof));
-      }
-      // "invalid literal": a true/false/null cut short (named at its first letter), else a byte
-      // that starts no token, which is then an unexpected token in its context, as below.
-      for (const char* word : {"true", "false", "null"})
-        for (size_t k = std::min(start, std::strlen(word) - 1); k >= 1; --k)
-          if (text.substr(start - k, k) == std::string_view(word, k))
-            return error(start - k, after_value ? "trailing characters after the value"
-                                                : "invalid literal");
-      token = "a stray byte";
-    }
-    // The parser met a token it did not expect, in `context`.
     auto between = [&](const std::string& s, const char* a, const char* b) {
       const size_t i = s.find(a);
       if (i == std::string::npos) return std::string();
@@ -228,6 +248,44 @@ struct Builder {
       return s.substr(i + std::strlen(a), j == std::string::npos ? j : j - i - std::strlen(a));
     };
     const std::string context = between(what, "while parsing ", " - ");
+    if (last_read != std::string::npos) {  // the lexer rejected a token
+      const std::string message = detail.substr(0, last_read);
+      if (message != "invalid literal") {
+        // A string or number token: last_token is its text from its first byte to the bad one
+        // (a control byte written as the 8 characters "<U+00XX>").
+        size_t bytes = last_token.size();
+        for (size_t i = last_token.find("<U+"); i != std::string::npos;
+             i = last_token.find("<U+", i + 1))
+          bytes -= std::min<size_t>(bytes - 1, 7);
+        const size_t first = (at_eof ? text.size() : position) - std::min(position, bytes);
+        const bool digit = first < text.size() && text[first] >= '0' && text[first] <= '9';
+        if (first > 0 && text[first - 1] == '0' && digit)  // "01.": see below
+          return error(first >= 2 && text[first - 2] == '-' ? first - 2 : first - 1,
+                       "leading zero in number");
+        // Where a ':', ']', '}' or the end was due, that is the error (the token is not read).
+        const bool quote = first < text.size() && text[first] == '"';
+        if (auto r = unexpected_token(context, after_value, quote); !r.empty())
+          return error(first, r);
+        start = error_byte(text, message, first, start, at_eof);
+        if (message.find("4 hex digits") != std::string::npos)  // "\u12": old reading
+          for (size_t u = start; u + 5 > start && u >= 2; --u)
+            if (text[u - 1] == 'u' && text[u - 2] == '\\') {
+              if (text.size() - u < 4) return error(u, "truncated \\u escape");
+              break;
+            }
+        return error(start, lexer_reason(message, at_eof));
+      }
+      // "invalid literal": a true/false/null cut short (named at its first letter), else a byte
+      // that starts no token, which is then an unexpected token in its context, as below.
+      for (const char* word : {"true", "false", "null"})
+        for (size_t k = std::min(start, std::strlen(word) - 1); k >= 1; --k)
+          if (text.substr(start - k, k) == std::string_view(word, k)) {
+            const std::string r = unexpected_token(context, after_value, false);
+            return error(start - k, r.empty() ? "invalid literal" : r);
+          }
+      token = "a stray byte";
+    }
+    // The parser met a token it did not expect, in `context`.
     if (last_read == std::string::npos) token = between(detail, "unexpected ", ";");
     // A string or number token is last_token (the lexer restarts its token text for them); a
     // literal is its own length; a structural character is the byte just read.
@@ -238,7 +296,7 @@ struct Builder {
     if (last_read == std::string::npos)  // a well-formed token: the error names its first byte
       start = at_eof ? text.size() : position - std::min(position, length);
     // "01": the number 0 followed by another number with nothing between them.
-    if (token == "number literal" && start > 0 && text[start - 1] == '0') {
+    if (token == "number literal" && start > 0 && text[start - 1] == '0' && text[start] != '-') {
       const size_t zero = start >= 2 && text[start - 2] == '-' ? start - 2 : start - 1;
       return error(zero, "leading zero in number");
     }
@@ -263,9 +321,8 @@ nlohmann::ordered_json to_nlohmann(const Json& v) {
     case Json::Number: {
       if (v.is_integer) return v.integer;
       // An integral double within int64/uint64 is written as an integer ("2", not "2.0"), as
-      // std::to_chars did;
-      // -0.0 stays a float ("-0.0") so that parse(dump()) keeps its sign (found by
-      // tests/fuzz/fuzz_json).
+      // std::to_chars did; -0.0 stays a float ("-0.0") so that parse(dump()) keeps its sign
+      // (found by tests/fuzz/fuzz_json).
       const double d = v.number;
       if (std::isfinite(d) && d == std::trunc(d) && !(d == 0 && std::signbit(d))) {
         if (d >= -9223372036854775808.0 && d < 9223372036854775808.0)
