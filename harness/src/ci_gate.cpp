@@ -8,7 +8,6 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <set>
 #include <sstream>
 #include <toml++/toml.h>
 
@@ -122,14 +121,22 @@ std::vector<TomlTable> parse_toml_tables(std::string_view text, const std::strin
   } catch (const toml::parse_error& e) {
     // toml++'s description is one line; a `key = value` line is quoted after it, naming the key.
     const int line = static_cast<int>(e.source().begin.line);
-    std::string msg = what + ":" + std::to_string(line) + ": " + std::string(e.description());
+    std::string reason(e.description());
     size_t at = 0;
     for (int l = 1; l < line && at != std::string_view::npos; ++l) {
       at = text.find('\n', at);
       if (at != std::string_view::npos) ++at;
     }
+    std::string_view row;
+    if (at != std::string_view::npos) row = text.substr(at, text.find('\n', at) - at);
+    if (!row.empty() && row.back() == '\r') row.remove_suffix(1);
+    // A one-line string that meets the end of its line: toml++ objects to the line break in it.
+    if (reason.find("control character") != std::string::npos &&
+        e.source().begin.column > row.size())
+      reason = "unterminated string";
+    std::string msg = what + ":" + std::to_string(line) + ": " + reason;
     if (at != std::string_view::npos) {
-      const std::string_view row = trim(text.substr(at, text.find('\n', at) - at));
+      row = trim(row);
       const size_t eq = row.find('=');
       if (eq != std::string_view::npos && is_bare_key(trim(row.substr(0, eq))))
         msg += " (in '" + printable(row, 80) + "')";

@@ -109,7 +109,9 @@ TEST(CiGateToml, RejectsBadTomlAndOtherShapes) {
   EXPECT_EQ(err("[config.a]\nkld = 1e-3x # c\n"),
             "p.toml:2: Error while parsing floating-point: expected decimal digit, saw 'x' "
             "(in 'kld = 1e-3x # c')");
-  EXPECT_TRUE(has(err("[config.a]\nx = \"open\n"), "p.toml:2: "));
+  EXPECT_EQ(err("[config.a]\nx = \"open\n"), "p.toml:2: unterminated string (in 'x = \"open')");
+  EXPECT_EQ(err("[config.a]\r\nx = \"open\r\n"), "p.toml:2: unterminated string (in 'x = \"open')");
+  EXPECT_TRUE(has(err("[config.a]\nx = \"a\x01b\"\n"), "control character"));
   EXPECT_TRUE(has(err("[config.a]\nx = \"a\\q\"\n"), "escape"));
   EXPECT_TRUE(has(err("[config.a]\nx = \"a\" b\n"), "p.toml:2: "));
   EXPECT_TRUE(has(err("[config.a]\nx = 1 2\n"), "p.toml:2: "));
