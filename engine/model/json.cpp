@@ -1,335 +1,384 @@
-// Strict JSON parser and serialiser (see ds4/json.h for what "strict" rejects).
-//
-// A recursive-descent parser over a string_view. Every read checks `pos < text.size()` first,
-// so a truncated or hostile input can only produce an error, never an out-of-bounds read.
+// ds4::Json on nlohmann-json: parsing through its SAX interface, serialising through its
+// serialiser. The RFC 8259 grammar, UTF-8 and \u-escape checks are nlohmann's; what ds4/json.h
+// adds on top (duplicate keys, the nesting limit, no byte-order mark) is checked here, and every
+// error becomes one ds4::Error line "<what>: invalid JSON at byte <offset>: <reason>" with the
+// reasons ds4/json.h has always used (tests/unit/json_test.cpp lists them).
 #include "ds4/json.h"
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <iterator>
+#include <nlohmann/json.hpp>
 
 #include "ds4/error.h"
 
 namespace ds4 {
 namespace {
 
-constexpr int kMaxDepth = 256;
+constexpr size_t kMaxDepth = 256;
 
-struct Parser {
+// A char iterator that records, in *consumed, how far nlohmann's lexer has read. The lexer reads
+// a '{' or '[' and hands it to the SAX handler before reading on, so at start_object/start_array
+// the bracket is the byte just before *consumed (duplicate-key and depth errors name it).
+struct CountingIter {
+  using iterator_category = std::input_iterator_tag;
+  using value_type = char;
+  using difference_type = std::ptrdiff_t;
+  using pointer = const char*;
+  using reference = const char&;
+  const char* p = nullptr;
+  const char** consumed = nullptr;
+  reference operator*() const { return *p; }
+  CountingIter& operator++() {
+    *consumed = ++p;
+    return *this;
+  }
+  CountingIter operator++(int) {
+    CountingIter old = *this;
+    ++*this;
+    return old;
+  }
+  bool operator==(const CountingIter& o) const { return p == o.p; }
+  bool operator!=(const CountingIter& o) const { return p != o.p; }
+};
+
+// nlohmann's lexer message (the text between " - " and "; last read:") -> our reason.
+std::string lexer_reason(const std::string& msg, bool at_eof) {
+  auto has = [&](const char* s) { return msg.find(s) != std::string::npos; };
+  if (has("missing closing quote")) return "unterminated string";
+  if (has("forbidden character after backslash"))
+    return at_eof ? "unterminated string" : "invalid escape";
+  if (has("must be followed by 4 hex digits"))
+    return at_eof ? "truncated \\u escape" : "bad hex digit in \\u escape";
+  if (has("must be followed by U+DC00")) return "unpaired high surrogate";
+  if (has("must follow U+D800")) return "unpaired low surrogate";
+  if (has("control character")) return "control character in string";
+  if (has("ill-formed UTF-8")) return "invalid UTF-8";
+  if (has("expected digit after '-'"))
+    return at_eof ? "unexpected end of input, expected a value" : "unexpected character";
+  if (has("after '.'")) return "expected digits after '.'";
+  if (has("exponent")) return "expected digits in exponent";
+  return msg;  // not expected from nlohmann 3.11; still one line
+}
+
+// The byte a lexer error names, as the hand-written parser did: a number's '-', a string's
+// opening quote when it is not closed, the backslash of a bad escape or surrogate, the first
+// byte of a bad UTF-8 sequence; otherwise `stop`, where nlohmann stopped. `first` is the
+// token's first byte.
+size_t error_byte(std::string_view text, const std::string& message, size_t first, size_t stop,
+                  bool at_eof) {
+  auto has = [&](const char* s) { return message.find(s) != std::string::npos; };
+  auto hex = [&](size_t i, const char* allowed) {
+    return i < text.size() && std::strchr(allowed, text[i]) != nullptr;
+  };
+  if (has("after '-'") || has("missing closing quote")) return first;
+  if (has("after backslash") && !at_eof) return stop - 1;
+  if (has("surrogate")) {  // the nearest \uD800-\uDBFF (high) or \uDC00-\uDFFF (low) before
+    const bool high = has("must be followed");
+    for (size_t u = stop; u + 12 > stop && u > first; --u)
+      if (text[u - 1] == '\\' && hex(u, "u") && hex(u + 1, "dD") &&
+          hex(u + 2, high ? "89abAB" : "cdefCDEF")) {
+        // "\uD83D\uD83D": a high surrogate followed by another; the first is unpaired
+        if (high && u >= first + 7 && text[u - 7] == '\\' && hex(u - 6, "u") &&
+            hex(u - 5, "dD") && hex(u - 4, "89abAB"))
+          return u - 7;
+        return u - 1;
+      }
+  }
+  if (has("UTF-8")) {  // a lead byte whose sequence reaches the bad byte
+    for (size_t j = stop; j > first && stop - j < 3; --j) {
+      const auto lead = static_cast<unsigned char>(text[j - 1]);
+      if ((lead & 0xC0) == 0x80) continue;
+      const size_t len = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+      return j - 1 + len > stop ? j - 1 : stop;
+    }
+  }
+  return stop;
+}
+
+// The error where a token came but the context wanted a ':', ']', '}', a
+// string key or the end of the input; "" where the context wanted a value.
+std::string unexpected_token(const std::string& context, bool after_value, bool is_string) {
+  if (after_value) return "trailing characters after the value";
+  if (context == "object key") return is_string ? "" : "expected a string key";
+  if (context == "object separator") return "expected ':'";
+  if (context == "array") return "expected ']'";
+  if (context == "object") return "expected '}'";
+  return "";
+}
+
+// Builds a ds4::Json from nlohmann's SAX events; the first error (ours or nlohmann's) is kept as
+// (offset, reason) and parsing stops.
+struct Builder {
   std::string_view text;
-  const std::string& what;
-  size_t pos = 0;
-  int depth = 0;
+  const char* consumed = nullptr;  // advanced by CountingIter
+  Json root;
+  std::vector<Json*> stack;        // open containers, innermost last
+  std::vector<size_t> opened_at;   // byte offset of each open container's bracket
+  std::string pending_key;  // the key of the next member
+  bool failed = false;
+  size_t at = 0;
+  std::string reason;
 
-  [[noreturn]] void error(const std::string& reason, size_t at) const {
-    fail(what + ": invalid JSON at byte " + std::to_string(at) + ": " + reason);
-  }
-  [[noreturn]] void error(const std::string& reason) const { error(reason, pos); }
-
-  bool at_end() const { return pos >= text.size(); }
-  char peek() const { return at_end() ? '\0' : text[pos]; }
-
-  void skip_ws() {
-    while (!at_end() && (text[pos] == ' ' || text[pos] == '\t' || text[pos] == '\n' ||
-                         text[pos] == '\r'))
-      ++pos;
+  bool error(size_t offset, std::string why) {
+    failed = true;
+    at = offset;
+    reason = std::move(why);
+    return false;
   }
 
-  void expect(char c) {
-    if (at_end()) error(std::string("unexpected end of input, expected '") + c + "'");
-    if (text[pos] != c) error(std::string("expected '") + c + "'");
-    ++pos;
+  Json* put(Json v) {
+    if (stack.empty()) {
+      root = std::move(v);
+      return &root;
+    }
+    Json& parent = *stack.back();
+    if (parent.kind == Json::Array) {
+      parent.array.push_back(std::move(v));
+      return &parent.array.back();
+    }
+    parent.members.emplace_back(std::move(pending_key), std::move(v));
+    return &parent.members.back().second;
   }
-
-  void literal(std::string_view word) {
-    if (text.substr(pos, word.size()) != word) error("invalid literal");
-    pos += word.size();
+  bool scalar(Json v) {
+    put(std::move(v));
+    return true;
   }
-
-  Json value() {
-    skip_ws();
-    if (at_end()) error("unexpected end of input, expected a value");
+  // Nesting is bounded so that a hostile "[[[[..." cannot build a tree too deep to destroy.
+  bool open(Json::Kind kind) {
+    const size_t bracket = static_cast<size_t>(consumed - text.data()) - 1;
+    if (stack.size() >= kMaxDepth)
+      return error(bracket, "nesting deeper than " + std::to_string(kMaxDepth));
     Json v;
-    switch (text[pos]) {
-      case '{': object(v); break;
-      case '[': array(v); break;
-      case '"': v.kind = Json::String; v.string = string(); break;
-      case 't': literal("true"); v.kind = Json::Bool; v.boolean = true; break;
-      case 'f': literal("false"); v.kind = Json::Bool; break;
-      case 'n': literal("null"); break;
-      default: number(v); break;
-    }
-    return v;
+    v.kind = kind;
+    stack.push_back(put(std::move(v)));
+    opened_at.push_back(bracket);
+    return true;
+  }
+  bool close() {
+    stack.pop_back();
+    opened_at.pop_back();
+    return true;
   }
 
-  // Nesting is bounded so that a hostile "[[[[..." cannot exhaust the stack.
-  void enter() {
-    if (++depth > kMaxDepth) error("nesting deeper than " + std::to_string(kMaxDepth));
+  bool null() { return scalar(Json{}); }
+  bool boolean(bool b) {
+    Json v;
+    v.kind = Json::Bool;
+    v.boolean = b;
+    return scalar(std::move(v));
   }
-
-  void array(Json& v) {
-    enter();
-    v.kind = Json::Array;
-    ++pos;  // '['
-    skip_ws();
-    if (peek() == ']') { ++pos; --depth; return; }
-    for (;;) {
-      v.array.push_back(value());
-      skip_ws();
-      if (peek() == ',') { ++pos; continue; }
-      expect(']');
-      break;
-    }
-    --depth;
+  bool number_integer(int64_t i) {
+    Json v;
+    v.kind = Json::Number;
+    v.integer = i;
+    v.number = static_cast<double>(i);
+    v.is_integer = true;
+    return scalar(std::move(v));
   }
-
-  void object(Json& v) {
-    enter();
-    v.kind = Json::Object;
-    size_t start = pos;
-    ++pos;  // '{'
-    skip_ws();
-    if (peek() == '}') { ++pos; --depth; return; }
-    for (;;) {
-      skip_ws();
-      if (peek() != '"') error("expected a string key");
-      std::string key = string();
-      skip_ws();
-      expect(':');
-      Json member = value();
-      v.members.emplace_back(std::move(key), std::move(member));
-      skip_ws();
-      if (peek() == ',') { ++pos; continue; }
-      expect('}');
-      break;
-    }
-    check_duplicate_keys(v.members, start);
-    --depth;
+  bool number_unsigned(uint64_t u) {
+    if (u <= static_cast<uint64_t>(INT64_MAX)) return number_integer(static_cast<int64_t>(u));
+    Json v;  // beyond int64: a number, not an integer
+    v.kind = Json::Number;
+    v.number = static_cast<double>(u);
+    return scalar(std::move(v));
   }
-
+  bool number_float(double d, const std::string& literal) {
+    // strtod rounds 1e-400 to 0; a literal with a non-zero digit that became 0 is out of range.
+    // The lexer has read one byte past the number unless the input ended (a number ends in a
+    // digit and the byte after it is never one), so the literal starts at:
+    const size_t read = static_cast<size_t>(consumed - text.data());
+    const size_t end = read > 0 && text[read - 1] >= '0' && text[read - 1] <= '9' ? read : read - 1;
+    const std::string mantissa = literal.substr(0, literal.find_first_of("eE"));
+    if (d == 0 && mantissa.find_first_of("123456789") != std::string::npos)
+      return error(end - std::min(end, literal.size()), "number out of range");
+    Json v;
+    v.kind = Json::Number;
+    v.number = d;
+    return scalar(std::move(v));
+  }
+  bool string(std::string& s) {
+    Json v;
+    v.kind = Json::String;
+    v.string = std::move(s);
+    return scalar(std::move(v));
+  }
+  bool binary(nlohmann::json::binary_t&) { return error(0, "binary value"); }  // not in JSON text
+  bool start_object(size_t) { return open(Json::Object); }
+  bool key(std::string& k) {
+    pending_key = std::move(k);
+    return true;
+  }
   // Sorting indices keeps this O(n log n) for headers with thousands of tensors.
-  void check_duplicate_keys(const Json::Members& members, size_t start) const {
+  bool end_object() {
+    const Json::Members& members = stack.back()->members;
     std::vector<const std::string*> keys;
     keys.reserve(members.size());
     for (const auto& m : members) keys.push_back(&m.first);
     std::sort(keys.begin(), keys.end(), [](auto a, auto b) { return *a < *b; });
     for (size_t i = 1; i < keys.size(); ++i)
       if (*keys[i] == *keys[i - 1])
-        error("duplicate key '" + printable(*keys[i]) + "' in object", start);
+        return error(opened_at.back(), "duplicate key '" + printable(*keys[i]) + "' in object");
+    return close();
   }
+  bool start_array(size_t) { return open(Json::Array); }
+  bool end_array() { return close(); }
 
-  unsigned hex4() {
-    if (text.size() - pos < 4) error("truncated \\u escape");
-    unsigned v = 0;
-    for (int i = 0; i < 4; ++i) {
-      char c = text[pos++];
-      v <<= 4;
-      if (c >= '0' && c <= '9') v |= c - '0';
-      else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
-      else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
-      else error("bad hex digit in \\u escape", pos - 1);
+  // nlohmann's error -> our offset and reason. `position` counts the bytes read including an
+  // end-of-input read, so position > size means the input ended; last_token is the token (a
+  // string, number or literal) or, for a lexer error, the bytes read of the bad token.
+  bool parse_error(size_t position, const std::string& last_token,
+                   const nlohmann::json::exception& ex) {
+    const bool at_eof = position > text.size();
+    const std::string what = ex.what();
+    if (ex.id == 406)  // out_of_range: a float literal beyond double
+      return error(position - std::min(position, last_token.size()), "number out of range");
+    const size_t dash = what.find(" - ");
+    const std::string detail = dash == std::string::npos ? what : what.substr(dash + 3);
+    const bool after_value = what.find("; expected end of input") != std::string::npos;
+    const size_t last_read = detail.find("; last read: '");
+    size_t start = at_eof ? text.size() : position - 1;  // the byte the lexer stopped at
+    std::string token = "end of input";
+    auto between = [&](const std::string& s, const char* a, const char* b) {
+      const size_t i = s.find(a);
+      if (i == std::string::npos) return std::string();
+      const size_t j = s.find(b, i + std::strlen(a));
+      return s.substr(i + std::strlen(a), j == std::string::npos ? j : j - i - std::strlen(a));
+    };
+    const std::string context = between(what, "while parsing ", " - ");
+    if (last_read != std::string::npos) {  // the lexer rejected a token
+      const std::string message = detail.substr(0, last_read);
+      if (message != "invalid literal") {
+        // A string or number token: last_token is its text from its first byte to the bad one
+        // (a control byte written as the 8 characters "<U+00XX>").
+        size_t bytes = last_token.size();
+        for (size_t i = last_token.find("<U+"); i != std::string::npos;
+             i = last_token.find("<U+", i + 1))
+          bytes -= std::min<size_t>(bytes - 1, 7);
+        const size_t first = (at_eof ? text.size() : position) - std::min(position, bytes);
+        const bool digit = first < text.size() && text[first] >= '0' && text[first] <= '9';
+        if (first > 0 && text[first - 1] == '0' && digit)  // "01.": see below
+          return error(first >= 2 && text[first - 2] == '-' ? first - 2 : first - 1,
+                       "leading zero in number");
+        // Where a ':', ']', '}' or the end was due, that is the error (the token is not read).
+        const bool quote = first < text.size() && text[first] == '"';
+        if (auto r = unexpected_token(context, after_value, quote); !r.empty())
+          return error(first, r);
+        start = error_byte(text, message, first, start, at_eof);
+        if (message.find("4 hex digits") != std::string::npos)  // "\u12": old reading
+          for (size_t u = start; u + 5 > start && u >= 2; --u)
+            if (text[u - 1] == 'u' && text[u - 2] == '\\') {
+              if (text.size() - u < 4) return error(u, "truncated \\u escape");
+              break;
+            }
+        return error(start, lexer_reason(message, at_eof));
+      }
+      // "invalid literal": a true/false/null cut short (named at its first letter), else a byte
+      // that starts no token, which is then an unexpected token in its context, as below.
+      for (const char* word : {"true", "false", "null"})
+        for (size_t k = std::min(start, std::strlen(word) - 1); k >= 1; --k)
+          if (text.substr(start - k, k) == std::string_view(word, k)) {
+            const std::string r = unexpected_token(context, after_value, false);
+            return error(start - k, r.empty() ? "invalid literal" : r);
+          }
+      token = "a stray byte";
     }
-    return v;
-  }
-
-  static void put_utf8(std::string& out, unsigned cp) {
-    if (cp < 0x80) {
-      out += char(cp);
-    } else if (cp < 0x800) {
-      out += char(0xC0 | (cp >> 6));
-      out += char(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-      out += char(0xE0 | (cp >> 12));
-      out += char(0x80 | ((cp >> 6) & 0x3F));
-      out += char(0x80 | (cp & 0x3F));
-    } else {
-      out += char(0xF0 | (cp >> 18));
-      out += char(0x80 | ((cp >> 12) & 0x3F));
-      out += char(0x80 | ((cp >> 6) & 0x3F));
-      out += char(0x80 | (cp & 0x3F));
+    // The parser met a token it did not expect, in `context`.
+    if (last_read == std::string::npos) token = between(detail, "unexpected ", ";");
+    // A string or number token is last_token (the lexer restarts its token text for them); a
+    // literal is its own length; a structural character is the byte just read.
+    size_t length = 1;
+    if (token == "string literal" || token == "number literal") length = last_token.size();
+    else if (token == "true literal" || token == "null literal") length = 4;
+    else if (token == "false literal") length = 5;
+    if (last_read == std::string::npos)  // a well-formed token: the error names its first byte
+      start = at_eof ? text.size() : position - std::min(position, length);
+    // "01": the number 0 followed by another number with nothing between them.
+    if (token == "number literal" && start > 0 && text[start - 1] == '0' && text[start] != '-') {
+      const size_t zero = start >= 2 && text[start - 2] == '-' ? start - 2 : start - 1;
+      return error(zero, "leading zero in number");
     }
-  }
-
-  void escape(std::string& out) {
-    size_t at = pos - 1;  // the backslash
-    if (at_end()) error("unterminated string");
-    char c = text[pos++];
-    switch (c) {
-      case '"': out += '"'; return;
-      case '\\': out += '\\'; return;
-      case '/': out += '/'; return;
-      case 'b': out += '\b'; return;
-      case 'f': out += '\f'; return;
-      case 'n': out += '\n'; return;
-      case 'r': out += '\r'; return;
-      case 't': out += '\t'; return;
-      case 'u': break;
-      default: error("invalid escape", at);
-    }
-    unsigned cp = hex4();
-    if (cp >= 0xDC00 && cp <= 0xDFFF) error("unpaired low surrogate", at);
-    if (cp >= 0xD800 && cp <= 0xDBFF) {
-      if (text.substr(pos, 2) != "\\u") error("unpaired high surrogate", at);
-      pos += 2;
-      unsigned lo = hex4();
-      if (lo < 0xDC00 || lo > 0xDFFF) error("unpaired high surrogate", at);
-      cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-    }
-    put_utf8(out, cp);
-  }
-
-  // Copies one UTF-8 sequence, rejecting overlong forms, surrogates and code points > U+10FFFF.
-  void utf8(std::string& out) {
-    size_t at = pos;
-    auto b0 = static_cast<unsigned char>(text[pos]);
-    int len = b0 >= 0xF0 ? 4 : b0 >= 0xE0 ? 3 : b0 >= 0xC0 ? 2 : 0;
-    if (len == 0 || b0 > 0xF4 || text.size() - pos < size_t(len)) error("invalid UTF-8", at);
-    unsigned cp = b0 & (0x3F >> (len - 1));
-    for (int i = 1; i < len; ++i) {
-      auto b = static_cast<unsigned char>(text[pos + i]);
-      if ((b & 0xC0) != 0x80) error("invalid UTF-8", at);
-      cp = (cp << 6) | (b & 0x3F);
-    }
-    static constexpr unsigned kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-      error("invalid UTF-8", at);
-    out.append(text.substr(pos, len));
-    pos += len;
-  }
-
-  std::string string() {
-    size_t start = pos;
-    ++pos;  // opening quote
-    std::string out;
-    for (;;) {
-      if (at_end()) error("unterminated string", start);
-      auto c = static_cast<unsigned char>(text[pos]);
-      if (c == '"') { ++pos; return out; }
-      if (c == '\\') { ++pos; escape(out); continue; }
-      if (c < 0x20) error("control character in string");
-      if (c < 0x80) { out += char(c); ++pos; continue; }
-      utf8(out);
-    }
-  }
-
-  size_t digits() {
-    size_t n = 0;
-    while (!at_end() && text[pos] >= '0' && text[pos] <= '9') { ++pos; ++n; }
-    return n;
-  }
-
-  // Grammar: -? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?
-  void number(Json& v) {
-    size_t start = pos;
-    if (peek() == '-') ++pos;
-    if (peek() == '0') {
-      ++pos;
-      if (peek() >= '0' && peek() <= '9') error("leading zero in number", start);
-    } else if (digits() == 0) {
-      error(at_end() ? "unexpected end of input, expected a value" : "unexpected character",
-            start);
-    }
-    bool integral = true;
-    if (peek() == '.') {
-      ++pos;
-      integral = false;
-      if (digits() == 0) error("expected digits after '.'");
-    }
-    if (peek() == 'e' || peek() == 'E') {
-      ++pos;
-      integral = false;
-      if (peek() == '+' || peek() == '-') ++pos;
-      if (digits() == 0) error("expected digits in exponent");
-    }
-    const char* first = text.data() + start;
-    const char* last = text.data() + pos;
-    v.kind = Json::Number;
-    auto r = std::from_chars(first, last, v.number);
-    if (r.ec != std::errc() || !std::isfinite(v.number)) error("number out of range", start);
-    if (integral) {
-      auto ri = std::from_chars(first, last, v.integer);
-      v.is_integer = ri.ec == std::errc() && ri.ptr == last;
-    }
+    const bool end = start >= text.size();
+    if (context == "object key") return error(start, "expected a string key");
+    if (context == "object separator")
+      return error(start, end ? "unexpected end of input, expected ':'" : "expected ':'");
+    if (context == "array")
+      return error(start, end ? "unexpected end of input, expected ']'" : "expected ']'");
+    if (context == "object")
+      return error(start, end ? "unexpected end of input, expected '}'" : "expected '}'");
+    if (after_value)
+      return error(start, "trailing characters after the value");
+    return error(start, end ? "unexpected end of input, expected a value" : "unexpected character");
   }
 };
 
-void dump_string(const std::string& s, std::string& out) {
-  out += '"';
-  for (char ch : s) {
-    auto c = static_cast<unsigned char>(ch);
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += ch;
-        }
-    }
-  }
-  out += '"';
-}
-
-void dump_value(const Json& v, std::string& out) {
+nlohmann::ordered_json to_nlohmann(const Json& v) {
   switch (v.kind) {
-    case Json::Null: out += "null"; return;
-    case Json::Bool: out += v.boolean ? "true" : "false"; return;
+    case Json::Null: return nullptr;
+    case Json::Bool: return v.boolean;
     case Json::Number: {
-      // Shortest round-trip form, so parse(dump()) reproduces the same double.
-      // hardening (found by tests/fuzz/fuzz_json): -0.0 printed as "-0" came back as the
-      // integer 0, losing the sign; write it as a float literal.
-      if (!v.is_integer && v.number == 0 && std::signbit(v.number)) {
-        out += "-0.0";
-        return;
+      if (v.is_integer) return v.integer;
+      // An integral double within int64/uint64 is written as an integer ("2", not "2.0"), as
+      // std::to_chars did; -0.0 stays a float ("-0.0") so that parse(dump()) keeps its sign
+      // (found by tests/fuzz/fuzz_json).
+      const double d = v.number;
+      if (std::isfinite(d) && d == std::trunc(d) && !(d == 0 && std::signbit(d))) {
+        if (d >= -9223372036854775808.0 && d < 9223372036854775808.0)
+          return static_cast<int64_t>(d);
+        if (d > 0 && d < 18446744073709551616.0) return static_cast<uint64_t>(d);
       }
-      char buf[32];
-      auto r = v.is_integer ? std::to_chars(buf, buf + sizeof buf, v.integer)
-                            : std::to_chars(buf, buf + sizeof buf, v.number);
-      out.append(buf, r.ptr);
-      return;
+      return d;
     }
-    case Json::String: dump_string(v.string, out); return;
-    case Json::Array:
-      out += '[';
-      for (size_t i = 0; i < v.array.size(); ++i) {
-        if (i) out += ',';
-        dump_value(v.array[i], out);
-      }
-      out += ']';
-      return;
-    case Json::Object:
-      out += '{';
-      for (size_t i = 0; i < v.members.size(); ++i) {
-        if (i) out += ',';
-        dump_string(v.members[i].first, out);
-        out += ':';
-        dump_value(v.members[i].second, out);
-      }
-      out += '}';
-      return;
+    case Json::String: return v.string;
+    case Json::Array: {
+      nlohmann::ordered_json a = nlohmann::ordered_json::array();
+      for (const Json& x : v.array) a.push_back(to_nlohmann(x));
+      return a;
+    }
+    case Json::Object: {
+      nlohmann::ordered_json o = nlohmann::ordered_json::object();
+      // The vector under ordered_map: members are appended in order, duplicates kept as built.
+      auto& members = static_cast<nlohmann::ordered_json::object_t::Container&>(
+          o.get_ref<nlohmann::ordered_json::object_t&>());
+      for (const auto& [key, value] : v.members) members.emplace_back(key, to_nlohmann(value));
+      return o;
+    }
   }
+  return nullptr;
 }
 
 }  // namespace
 
-Json::Json() = default;
-
 Json Json::parse(std::string_view text, const std::string& what) {
-  Parser p{text, what};
-  Json v = p.value();
-  p.skip_ws();
-  if (!p.at_end()) p.error("trailing characters after the value");
-  return v;
+  // nlohmann skips a UTF-8 byte-order mark; strict JSON here does not allow one.
+  if (!text.empty() && static_cast<unsigned char>(text[0]) == 0xEF)
+    fail(what + ": invalid JSON at byte 0: unexpected character");
+  Builder b;
+  b.text = text;
+  b.consumed = text.data();
+  CountingIter first{text.data(), &b.consumed}, last{text.data() + text.size(), &b.consumed};
+  try {
+    nlohmann::json::sax_parse(first, last, &b);
+  } catch (const nlohmann::json::exception& e) {  // not expected: the SAX parser reports errors
+    fail(what + ": invalid JSON: " + printable(e.what()));
+  }
+  // nlohmann's lexer takes a NUL byte for the end of the input; here it is a trailing byte.
+  if (!b.failed && text.find('\0') != std::string_view::npos)
+    b.error(text.find('\0'), "trailing characters after the value");
+  if (b.failed)
+    fail(what + ": invalid JSON at byte " + std::to_string(b.at) + ": " + b.reason);
+  return std::move(b.root);
 }
+
+// Compact serialisation by nlohmann; bytes that are not UTF-8 are written as U+FFFD, so the output
+// is always valid JSON.
+std::string Json::dump() const {
+  return to_nlohmann(*this).dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
+
+Json::Json() = default;
 
 std::string printable(std::string_view text, size_t max_len) {
   std::string out;
@@ -393,12 +442,6 @@ int64_t Json::as_int() const {
       number >= 9223372036854775808.0)
     fail("JSON number " + dump() + " is not an int64 integer");
   return static_cast<int64_t>(number);
-}
-
-std::string Json::dump() const {
-  std::string out;
-  dump_value(*this, out);
-  return out;
 }
 
 }  // namespace ds4

@@ -1,6 +1,6 @@
-// The CI gate (ds4/ci_gate.h): the TOML-subset parser, the parity.toml configuration, the checks
-// on diff results, JUnit XML and the `ds4-parity gate` command. The language is documented in
-// harness/PARITY_TOML.md; keep the two in step.
+// The CI gate (ds4/ci_gate.h): TOML (toml++) into [config.NAME] tables, the parity.toml
+// configuration, the checks on diff results, JUnit XML and the `ds4-parity gate` command. The
+// configuration is documented in harness/PARITY_TOML.md; keep the two in step.
 #include "ds4/ci_gate.h"
 
 #include <algorithm>
@@ -8,8 +8,8 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <set>
 #include <sstream>
+#include <toml++/toml.h>
 
 #include "ds4/cli_args.h"
 #include "ds4/error.h"
@@ -17,7 +17,7 @@
 namespace ds4 {
 
 // ---------------------------------------------------------------------------------------------
-// TOML subset
+// TOML
 // ---------------------------------------------------------------------------------------------
 
 namespace {
@@ -83,101 +83,109 @@ bool parse_toml_number(std::string_view s, double& out, bool& is_integer) {
   return r.ec == std::errc() && r.ptr == clean.data() + clean.size() && std::isfinite(out);
 }
 
+// A toml++ node's line (1-based; 0 when toml++ knows none).
+int line_of(const toml::node& n) { return static_cast<int>(n.source().begin.line); }
+
+// The members of a TOML table in file order (toml++ keeps them sorted by key).
+std::vector<std::pair<std::string, const toml::node*>> in_file_order(const toml::table& t) {
+  std::vector<std::pair<std::string, const toml::node*>> out;
+  for (const auto& [key, node] : t) out.emplace_back(std::string(key.str()), &node);
+  std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    const auto &pa = a.second->source().begin, &pb = b.second->source().begin;
+    return pa.line != pb.line ? pa.line < pb.line : pa.column < pb.column;
+  });
+  return out;
+}
+
+const char* toml_type_name(const toml::node& n) {
+  switch (n.type()) {
+    case toml::node_type::table: return "table";
+    case toml::node_type::array: return "array";
+    case toml::node_type::string: return "string";
+    case toml::node_type::integer: return "integer";
+    case toml::node_type::floating_point: return "float";
+    case toml::node_type::boolean: return "boolean";
+    case toml::node_type::date: return "date";
+    case toml::node_type::time: return "time";
+    case toml::node_type::date_time: return "date-time";
+    default: return "value";
+  }
+}
+
 }  // namespace
 
-std::vector<TomlTable> parse_toml_subset(std::string_view text, const std::string& what) {
+std::vector<TomlTable> parse_toml_tables(std::string_view text, const std::string& what) {
+  toml::table root;
+  try {
+    root = toml::parse(text, std::string_view(what));
+  } catch (const toml::parse_error& e) {
+    // toml++'s description is one line; a `key = value` line is quoted after it, naming the key.
+    const int line = static_cast<int>(e.source().begin.line);
+    std::string reason(e.description());
+    size_t at = 0;
+    for (int l = 1; l < line && at != std::string_view::npos; ++l) {
+      at = text.find('\n', at);
+      if (at != std::string_view::npos) ++at;
+    }
+    std::string_view row;
+    if (at != std::string_view::npos) row = text.substr(at, text.find('\n', at) - at);
+    if (!row.empty() && row.back() == '\r') row.remove_suffix(1);
+    // A one-line string that meets the end of its line: toml++ objects to the line break in it.
+    if (reason.find("control character") != std::string::npos &&
+        e.source().begin.column > row.size())
+      reason = "unterminated string";
+    std::string msg = what + ":" + std::to_string(line) + ": " + reason;
+    if (at != std::string_view::npos) {
+      row = trim(row);
+      const size_t eq = row.find('=');
+      if (eq != std::string_view::npos && is_bare_key(trim(row.substr(0, eq))))
+        msg += " (in '" + printable(row, 80) + "')";
+    }
+    fail(msg);
+  }
+  auto bad = [&](const toml::node& n, const std::string& why) -> void {
+    fail(what + ":" + std::to_string(line_of(n)) + ": " + why);
+  };
+  auto no_arrays_of_tables = [&](const toml::node& n, const std::string& name) {
+    if (n.is_array_of_tables())
+      bad(n, "arrays of tables ([[" + name + "]]) are not supported: tables are [config.NAME]");
+  };
   std::vector<TomlTable> tables;
-  std::set<std::string> table_names;
-  int line_no = 0;
-  size_t at = 0;
-  while (at <= text.size()) {
-    const size_t nl = text.find('\n', at);
-    std::string_view line =
-        text.substr(at, nl == std::string_view::npos ? std::string_view::npos : nl - at);
-    at = nl == std::string_view::npos ? text.size() + 1 : nl + 1;
-    ++line_no;
-    auto bad = [&](const std::string& why) -> void {
-      fail(what + ":" + std::to_string(line_no) + ": " + why);
-    };
-    std::string_view s = trim(line);
-    if (s.empty() || s.front() == '#') continue;
-    if (s.front() == '[') {
-      if (s.size() > 1 && s[1] == '[')
-        bad("arrays of tables ([[...]]) are not part of the supported TOML subset");
-      const size_t close = s.find(']');
-      if (close == std::string_view::npos) bad("table header without ']'");
-      const std::string_view rest = trim(s.substr(close + 1));
-      if (!rest.empty() && rest.front() != '#') bad("unexpected text after the table header");
-      const std::string_view name = trim(s.substr(1, close - 1));
-      const size_t dot = name.find('.');
-      if (dot == std::string_view::npos || !is_bare_key(name.substr(0, dot)) ||
-          !is_bare_key(name.substr(dot + 1)))
-        bad("table header '[" + std::string(name) +
-            "]' is not of the form [config.NAME] (NAME: letters, digits, _ or -)");
-      if (!table_names.insert(std::string(name)).second)
-        bad("table [" + std::string(name) + "] appears twice");
-      tables.push_back({std::string(name), line_no, {}});
-      continue;
-    }
-    const size_t eq = s.find('=');
-    if (eq == std::string_view::npos)
-      bad("expected 'key = value', a [table] header or a # comment");
-    const std::string key(trim(s.substr(0, eq)));
-    if (!is_bare_key(key)) bad("bad key '" + key + "' (bare keys only: letters, digits, _ or -)");
-    if (tables.empty()) bad("key '" + key + "' is outside a [config.NAME] table");
-    for (const auto& kv : tables.back().keys)
-      if (kv.first == key) bad("key '" + key + "' appears twice in [" + tables.back().name + "]");
-    std::string_view v = trim(s.substr(eq + 1));
-    TomlValue val;
-    val.line = line_no;
-    if (!v.empty() && (v.front() == '"' || v.front() == '\'')) {
-      const char q = v.front();
-      size_t i = 1;
-      std::string str;
-      for (; i < v.size() && v[i] != q; ++i) {
-        char c = v[i];
-        if (q == '"' && c == '\\') {
-          if (++i >= v.size()) bad("unterminated string");
-          switch (v[i]) {
-            case '"':
-              c = '"';
-              break;
-            case '\\':
-              c = '\\';
-              break;
-            case 'n':
-              c = '\n';
-              break;
-            case 't':
-              c = '\t';
-              break;
-            default:
-              bad(std::string("unsupported escape '\\") + v[i] + "' in a string");
-          }
+  for (const auto& [group, gnode] : in_file_order(root)) {
+    no_arrays_of_tables(*gnode, group);
+    if (!gnode->is_table()) bad(*gnode, "key '" + group + "' is outside a [config.NAME] table");
+    const auto members = in_file_order(*gnode->as_table());
+    if (members.empty()) bad(*gnode, "table header '[" + group + "]' is not of the form [config.NAME]");
+    for (const auto& [name, tnode] : members) {
+      const std::string full = group + "." + name;
+      no_arrays_of_tables(*tnode, full);
+      if (!tnode->is_table())
+        bad(line_of(*gnode) > 0 ? *gnode : *tnode,
+            "table header '[" + group + "]' is not of the form [config.NAME]");
+      TomlTable t{full, line_of(*tnode), {}};
+      for (const auto& [key, v] : in_file_order(*tnode->as_table())) {
+        TomlValue val;
+        val.line = line_of(*v);
+        if (const auto* i = v->as_integer()) {
+          val.number = static_cast<double>(i->get());
+          val.is_integer = true;
+        } else if (const auto* f = v->as_floating_point()) {
+          val.number = f->get();
+        } else if (const auto* b = v->as_boolean()) {
+          val.kind = TomlValue::Bool;
+          val.boolean = b->get();
+        } else if (const auto* str = v->as_string()) {
+          val.kind = TomlValue::String;
+          val.string = str->get();
+        } else {
+          no_arrays_of_tables(*v, full + "." + key);
+          bad(*v, "'" + key + "' in [" + full + "] is a TOML " + toml_type_name(*v) +
+                      " (values are numbers, true/false or strings)");
         }
-        str += c;
+        t.keys.emplace_back(key, std::move(val));
       }
-      if (i >= v.size()) bad("unterminated string");
-      v.remove_prefix(i + 1);
-      val.kind = TomlValue::String;
-      val.string = std::move(str);
-    } else {
-      const size_t end = v.find('#');
-      const std::string_view word = trim(v.substr(0, end));
-      v.remove_prefix(end == std::string_view::npos ? v.size() : end);
-      if (word == "true" || word == "false") {
-        val.kind = TomlValue::Bool;
-        val.boolean = word == "true";
-      } else {
-        val.kind = TomlValue::Number;
-        if (!parse_toml_number(word, val.number, val.is_integer))
-          bad("bad number '" + std::string(word) + "' for key '" + key +
-              "' (numbers are decimal: 3, -1.5, 1e-6; strings need quotes)");
-      }
+      tables.push_back(std::move(t));
     }
-    v = trim(v);
-    if (!v.empty() && v.front() != '#') bad("unexpected text after the value of '" + key + "'");
-    tables.back().keys.emplace_back(key, std::move(val));
   }
   return tables;
 }
@@ -229,7 +237,7 @@ ParityConfig parse_parity_config(std::string_view text, const std::string& what)
   pc.path = what;
   std::string known = "bitwise, description";
   for (GateMetric m : kMetrics) known += std::string(", ") + gate_metric_key(m);
-  for (const TomlTable& t : parse_toml_subset(text, what)) {
+  for (const TomlTable& t : parse_toml_tables(text, what)) {
     auto bad = [&](int line, const std::string& why) -> void {
       fail(what + ":" + std::to_string(line) + ": " + why);
     };
@@ -272,6 +280,7 @@ ParityConfig parse_parity_config(std::string_view text, const std::string& what)
       } else {
         bad(v.line, "'" + key + "' must be a number or a \"Kx LABEL\" string");
       }
+      if (!std::isfinite(th.value)) bad(v.line, "'" + key + "' must be a finite number");
       if (th.value < 0) bad(v.line, "'" + key + "' must not be negative");
       if (*metric == GateMetric::ArgmaxAgreement && !th.relative() && th.value > 1)
         bad(v.line, "'argmax_agreement_min' is a fraction in [0, 1]");
@@ -538,7 +547,7 @@ int gate_command(const std::vector<std::string>& args, std::string& out) {
   ArgParser p("gate");
   p.positionals(&files, "RESULT.json... (from `ds4-parity diff --json --label NAME`)", 1)
       .option("--config", &config_path,
-              "thresholds per configuration (TOML subset, harness/PARITY_TOML.md)")
+              "thresholds per configuration (TOML, harness/PARITY_TOML.md)")
       .option("--junit", &junit_path, "write JUnit XML here");
   if (!p.parse(args)) {
     out = p.usage() + "exit status: 0 all thresholds hold, 1 a violation, 2 bad input\n";

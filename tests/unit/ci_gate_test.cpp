@@ -1,4 +1,4 @@
-// `ds4-parity gate`: the TOML subset (harness/PARITY_TOML.md), the parity configuration, the
+// `ds4-parity gate`: TOML into [config.NAME] tables (harness/PARITY_TOML.md), the parity configuration, the
 // checks on diff results (bitwise, thresholds, noise-floor relative thresholds), JUnit XML, the
 // command's exit codes, and the checked-in tests/parity.toml.
 #include "ds4/ci_gate.h"
@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -37,11 +38,11 @@ bool has(const std::string& text, const std::string& part) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// TOML subset
+// TOML
 // ---------------------------------------------------------------------------------------------
 
-TEST(CiGateToml, ParsesTheSubset) {
-  const auto t = ds4::parse_toml_subset(
+TEST(CiGateToml, ParsesTablesInFileOrder) {
+  const auto t = ds4::parse_toml_tables(
       "# a comment\n"
       "\n"
       "[config.strict]   # trailing comment\n"
@@ -74,28 +75,54 @@ TEST(CiGateToml, ParsesTheSubset) {
   EXPECT_FALSE(t[1].keys[0].second.boolean);
 }
 
-TEST(CiGateToml, RejectsWhatIsOutsideTheSubset) {
+TEST(CiGateToml, FullTomlValues) {
+  const auto t = ds4::parse_toml_tables(
+      "[config.\"a b\"]\nhex = 0x10\ninf = inf\nu = \"\\u00e9\"\n\"quoted\" = 1\n", "t.toml");
+  ASSERT_EQ(t.size(), 1u);
+  EXPECT_EQ(t[0].name, "config.a b");
+  ASSERT_EQ(t[0].keys.size(), 4u);
+  EXPECT_EQ(t[0].keys[0].second.number, 16.0);
+  EXPECT_TRUE(t[0].keys[0].second.is_integer);
+  EXPECT_TRUE(std::isinf(t[0].keys[1].second.number));
+  EXPECT_EQ(t[0].keys[2].second.string, "\xC3\xA9");
+  EXPECT_EQ(t[0].keys[3].first, "quoted");
+}
+
+// Errors are one line "p.toml:LINE: ...": toml++'s reason for invalid TOML (and the line when
+// it is `key = ...`), ours for valid TOML that is not [config.NAME] tables of scalars.
+TEST(CiGateToml, RejectsBadTomlAndOtherShapes) {
   auto err = [](const std::string& text) {
-    return error_of([&] { ds4::parse_toml_subset(text, "p.toml"); });
+    std::string e = error_of([&] { ds4::parse_toml_tables(text, "p.toml"); });
+    EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+    return e;
   };
   EXPECT_EQ(err("x = 1\n"), "p.toml:1: key 'x' is outside a [config.NAME] table");
-  EXPECT_TRUE(
-      has(err("[config]\n"), "p.toml:1: table header '[config]' is not of the form [config.NAME]"));
-  EXPECT_TRUE(has(err("[[config.a]]\n"), "arrays of tables"));
-  EXPECT_EQ(err("[config.a]\n[config.a]\n"), "p.toml:2: table [config.a] appears twice");
-  EXPECT_EQ(err("[config.a]\nx = 1\nx = 2\n"), "p.toml:3: key 'x' appears twice in [config.a]");
-  for (const char* bad :
-       {"1e", "01", "1__0", "0x10", "inf", "nan", "1.", ".5", "_1", "1_", "--1", "1e5.0"})
-    EXPECT_TRUE(has(err(std::string("[config.a]\nx = ") + bad + "\n"),
-                    "p.toml:2: bad number '" + std::string(bad) + "'"))
-        << bad;
-  EXPECT_EQ(err("[config.a]\nx = \"open\n"), "p.toml:2: unterminated string");
-  EXPECT_TRUE(has(err("[config.a]\nx = \"a\\q\"\n"), "unsupported escape"));
-  EXPECT_TRUE(has(err("[config.a]\nx = \"a\" b\n"), "unexpected text after the value of 'x'"));
-  EXPECT_TRUE(has(err("[config.a]\nx = 1 2\n"), "bad number '1 2'"));
-  EXPECT_TRUE(has(err("[config.a]\njust words\n"), "p.toml:2: expected 'key = value'"));
-  EXPECT_TRUE(has(err("[config.a]\n\"quoted\" = 1\n"), "bad key"));
-  EXPECT_TRUE(has(err("[config.a] x\n"), "unexpected text after the table header"));
+  EXPECT_EQ(err("[config]\n"), "p.toml:1: table header '[config]' is not of the form [config.NAME]");
+  EXPECT_TRUE(has(err("[config]\nx = 1\n[config.a]\n"), "p.toml:1: table header '[config]'"));
+  EXPECT_TRUE(has(err("[[config.a]]\n"), "p.toml:1: arrays of tables ([[config.a]])"));
+  EXPECT_TRUE(has(err("[config.a]\n[config.a]\n"), "p.toml:2: "));
+  EXPECT_TRUE(has(err("[config.a]\n[config.a]\n"), "'config.a'"));
+  EXPECT_TRUE(has(err("[config.a]\nx = 1\nx = 2\n"), "p.toml:3: "));
+  EXPECT_TRUE(has(err("[config.a]\nx = 1\nx = 2\n"), "'x'"));
+  for (const char* bad : {"1e", "01", "1__0", "1.", ".5", "_1", "1_", "--1", "1e5.0", "1e-3x"})
+    EXPECT_TRUE(has(err(std::string("[config.a]\nx = ") + bad + "\n"), "p.toml:2: ")) << bad;
+  EXPECT_EQ(err("[config.a]\nkld = 1e-3x # c\n"),
+            "p.toml:2: Error while parsing floating-point: expected decimal digit, saw 'x' "
+            "(in 'kld = 1e-3x # c')");
+  EXPECT_EQ(err("[config.a]\nx = \"open\n"), "p.toml:2: unterminated string (in 'x = \"open')");
+  EXPECT_EQ(err("[config.a]\r\nx = \"open\r\n"), "p.toml:2: unterminated string (in 'x = \"open')");
+  EXPECT_TRUE(has(err("[config.a]\nx = \"a\x01b\"\n"), "control character"));
+  EXPECT_TRUE(has(err("[config.a]\nx = \"a\\q\"\n"), "escape"));
+  EXPECT_TRUE(has(err("[config.a]\nx = \"a\" b\n"), "p.toml:2: "));
+  EXPECT_TRUE(has(err("[config.a]\nx = 1 2\n"), "p.toml:2: "));
+  EXPECT_TRUE(has(err("[config.a]\njust words\n"), "p.toml:2: "));
+  EXPECT_TRUE(has(err("[config.a] x\n"), "p.toml:1: "));
+  EXPECT_EQ(err("[config.a]\nx = [1, 2]\n"),
+            "p.toml:2: 'x' in [config.a] is a TOML array (values are numbers, true/false or strings)");
+  EXPECT_TRUE(has(err("[config.a]\nx = {y = 1}\n"), "'x' in [config.a] is a TOML table"));
+  EXPECT_TRUE(has(err("[config.a]\nx.y = 1\n"), "'x' in [config.a] is a TOML table"));
+  EXPECT_TRUE(has(err("[config.a.b]\n"), "'b' in [config.a] is a TOML table"));
+  EXPECT_TRUE(has(err("[config.a]\nd = 1979-05-27\n"), "is a TOML date"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -140,6 +167,12 @@ TEST(CiGateConfig, BadKeysAndValues) {
   EXPECT_TRUE(has(err("[config.a]\nkld_mean_max = true\n"), "must be a number"));
   EXPECT_TRUE(has(err("[config.a]\nkld_mean_max = -1\n"), "must not be negative"));
   EXPECT_TRUE(has(err("[config.a]\nargmax_agreement_min = 99\n"), "fraction in [0, 1]"));
+  EXPECT_EQ(err("[config.a]\nkld_mean_max = nan\n"), "p.toml:2: 'kld_mean_max' must be a finite number");
+  EXPECT_TRUE(has(err("[config.a]\nkld_mean_max = inf\n"), "must be a finite number"));
+  EXPECT_TRUE(has(err("[config.a]\n\"quoted\" = 1\n"), "p.toml:2: unknown key 'quoted'"));
+  EXPECT_EQ(ds4::parse_parity_config("[config.a]\nrouting_flips_max = 0x2\n", "p.toml")
+                .configs.at("a").thresholds[0].second.value,
+            2.0);
   EXPECT_TRUE(has(error_of([] { ds4::load_parity_config(test_dir() + "/none.toml"); }),
                   "none.toml: cannot read"));
 }

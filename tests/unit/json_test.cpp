@@ -161,6 +161,35 @@ TEST(Json, RejectsMalformedInput) {
   parse_error(std::string("\"a\0b\"", 5), "control character");
 }
 
+// nlohmann's parser is laxer in three places and its errors name the byte where it stopped;
+// json.cpp keeps the rules and the reasons above.
+TEST(Json, NlohmannLeniencyIsNotInherited) {
+  parse_error("\xEF\xBB\xBF{}", "unexpected character");  // no byte-order mark
+  EXPECT_EQ(parse_error(std::string("{}\0", 3), "trailing"),  // NUL is not the end of input
+            "t.json: invalid JSON at byte 2: trailing characters after the value");
+  parse_error(std::string("[1\0]", 4), "expected ']'");
+  parse_error("1e-400", "number out of range");  // strtod underflows to 0
+  EXPECT_NO_THROW(Json::parse("5e-324", "t"));   // the smallest subnormal is fine
+  EXPECT_EQ(parse_error("{\"a\":1}x", "trailing"),
+            "t.json: invalid JSON at byte 7: trailing characters after the value");
+  parse_error("[true,nullx]", "expected ']'");
+  parse_error("[01]", "leading zero");
+  EXPECT_EQ(parse_error("\"abc", "unterminated"), "t.json: invalid JSON at byte 0: unterminated string");
+  EXPECT_EQ(parse_error("[tru]", "invalid literal"), "t.json: invalid JSON at byte 1: invalid literal");
+  EXPECT_EQ(parse_error("{\"a\":}", "unexpected"), "t.json: invalid JSON at byte 5: unexpected character");
+  EXPECT_EQ(parse_error("{\"a\"", "':'"), "t.json: invalid JSON at byte 4: unexpected end of input, expected ':'");
+}
+
+TEST(Json, DumpNumbersAndStrings) {
+  EXPECT_EQ(Json::parse("[2.0,-0.0,-0,1e300,0.1,1e15,9223372036854775808]", "t").dump(),
+            "[2,-0.0,0,1e+300,0.1,1000000000000000,9223372036854775808]");
+  Json s;
+  s.kind = Json::String;
+  s.string = "a\xff\x01";  // not UTF-8: written as U+FFFD, so the output stays valid JSON
+  EXPECT_EQ(s.dump(), "\"a\xEF\xBF\xBD\\u0001\"");
+  EXPECT_EQ(Json::parse(s.dump(), "t").as_string(), "a\xEF\xBF\xBD\x01");
+}
+
 TEST(Json, PrintableEscapesControlBytesAndClips) {
   EXPECT_EQ(ds4::printable("a\nb\x7f\xC3\xA9"), "a\\x0ab\\x7f\xC3\xA9");
   EXPECT_EQ(ds4::printable(std::string(300, 'x')), std::string(200, 'x') + "...");

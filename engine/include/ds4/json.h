@@ -1,4 +1,5 @@
-// A small strict JSON (RFC 8259) parser for safetensors headers and HF config.json files.
+// Strict JSON (RFC 8259) for safetensors headers, HF config.json files and report JSON: a small
+// value type whose parse() and dump() are nlohmann-json's (engine/model/json.cpp).
 //
 // Strict means: no comments, no trailing commas, no NaN/Infinity, no leading zeros, no raw
 // control characters in strings, valid UTF-8 and \u escapes (surrogates paired), no duplicate
@@ -58,7 +59,10 @@ struct Json {
   const std::vector<Json>& as_array() const;
   const Members& as_object() const;
 
-  // Compact serialisation; parse(dump()) gives back an equal value.
+  // Compact serialisation; parse(dump()) gives back an equal value. A number without a fraction
+  // (an integer, or a double with an integral value in int64/uint64 range) is written as digits
+  // ("2", not "2.0"), other doubles in their shortest round-trip form ("-0.0" keeps the sign);
+  // bytes that are not UTF-8 in a string are written as U+FFFD.
   std::string dump() const;
 };
 

@@ -3,7 +3,7 @@
 // [config.NAME] of the config file, whose keys are thresholds on that result. Every violation is
 // printed plainly; the JUnit XML has one test case per (result, threshold).
 //
-// The config language is a small TOML subset, documented in harness/PARITY_TOML.md:
+// The config file is TOML v1.0 (read by toml++), documented in harness/PARITY_TOML.md:
 //   [config.NAME] tables; key = number | true/false | "string"; # comments.
 // Thresholds may be relative to a measured noise floor: the string "Kx LABEL" means K times the
 // same metric as measured in the RESULT file labelled LABEL (e.g. "3x noise_floor").
@@ -24,13 +24,13 @@
 namespace ds4 {
 
 // ---------------------------------------------------------------------------------------------
-// TOML subset
+// TOML
 // ---------------------------------------------------------------------------------------------
 
 struct TomlValue {
   enum Kind { Number, Bool, String } kind = Number;
   double number = 0;
-  bool is_integer = false;  // written without fraction or exponent
+  bool is_integer = false;  // a TOML integer (decimal, hex, octal or binary)
   bool boolean = false;
   std::string string;
   int line = 0;
@@ -42,8 +42,11 @@ struct TomlTable {
   std::vector<std::pair<std::string, TomlValue>> keys;  // file order
 };
 
-// Parses the subset; throws ds4::Error "<what>:<line>: <reason>" on anything outside it.
-std::vector<TomlTable> parse_toml_subset(std::string_view text, const std::string& what);
+// Parses a TOML document (toml++) whose top level holds only two-level tables [A.B] of scalar
+// values (number, boolean, string), in file order; throws ds4::Error "<what>:<line>: <reason>"
+// on invalid TOML (toml++'s reason) and on anything else (a top-level key, [A] with values of
+// its own, an array of tables, an array, a date or a nested table as a value).
+std::vector<TomlTable> parse_toml_tables(std::string_view text, const std::string& what);
 
 // ---------------------------------------------------------------------------------------------
 // Gate configuration
