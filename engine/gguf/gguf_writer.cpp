@@ -1,5 +1,6 @@
 // GGUF v3 writer. Metadata and tensors are held in insertion order (tensor data in memory, or in
-// a ScratchFile after spill_tensors_near); write() streams them to "<path>.tmp.<pid>.<n>" and
+// a ScratchFile after spill_tensors_near, or produced by a filler during write() for
+// add_generated_tensor); write() streams them to "<path>.tmp.<pid>.<n>" and
 // renames it over <path> only once every byte (and the close) has succeeded, so readers never
 // see a partial file and a failed write leaves nothing behind.
 // The temporary's name is unique per process and call: writers racing to create the same file
@@ -13,7 +14,9 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <exception>
 #include <map>
+#include <thread>
 
 #include "ds4/error.h"
 #include "ds4/gguf.h"
@@ -35,10 +38,13 @@ struct PendingTensor {
   uint64_t nbytes = 0;
   bool spilled = false;
   bool hole = false;          // all zero bytes, skipped over in the output (a sparse hole)
+  GgufWriter::RowFiller fill = nullptr;  // generated while write() runs (add_generated_tensor)
 };
 
 // Spilled tensors are copied into the output in pieces of this many bytes.
 constexpr size_t kCopyPiece = size_t{16} << 20;
+// Generated tensors are filled in pieces of whole rows of about this many bytes.
+constexpr size_t kGeneratePiece = size_t{32} << 20;
 
 // Buffered output that remembers the first I/O error instead of checking at every call site.
 class Output {
@@ -175,6 +181,37 @@ struct GgufWriter::Impl {
     return static_cast<uint32_t>(v.u);
   }
 
+  // Fills piece k + 1 while a second thread writes piece k (the filler's own threads do the
+  // generating; writing is mostly the kernel copying into the page cache).
+  static void write_generated(Output& out, const PendingTensor& t) {
+    int64_t rows = 1;
+    for (size_t d = 1; d < t.ne.size(); ++d) rows *= t.ne[d];
+    if (rows == 0 || t.nbytes == 0) return;
+    const uint64_t row_bytes = t.nbytes / static_cast<uint64_t>(rows);
+    const int64_t piece_rows = std::max<int64_t>(1, static_cast<int64_t>(kGeneratePiece / std::max<uint64_t>(1, row_bytes)));
+    std::vector<uint8_t> buf[2];
+    std::thread writer;
+    auto join = [&] {
+      if (writer.joinable()) writer.join();
+    };
+    try {
+      int k = 0;
+      for (int64_t r0 = 0; r0 < rows; r0 += piece_rows, k ^= 1) {
+        const int64_t n = std::min(piece_rows, rows - r0);
+        std::vector<uint8_t>& b = buf[k];
+        b.resize(static_cast<size_t>(row_bytes * static_cast<uint64_t>(n)));
+        t.fill(r0, n, b.data());
+        join();
+        if (out.error()) break;  // a full disk: stop generating, write() reports it
+        writer = std::thread([&out, &b] { out.bytes(b.data(), b.size()); });
+      }
+    } catch (...) {
+      join();
+      throw;
+    }
+    join();
+  }
+
   void write_all(Output& out, uint32_t align) const {
     out.bytes("GGUF", 4);
     out.pod<uint32_t>(3);
@@ -201,7 +238,9 @@ struct GgufWriter::Impl {
         out.skip((align - out.written() % align) % align);
         continue;
       }
-      if (!t.spilled) {
+      if (t.fill) {
+        write_generated(out, t);
+      } else if (!t.spilled) {
         out.bytes(t.data.data(), t.data.size());
       } else {
         piece.resize(std::min<uint64_t>(kCopyPiece, t.nbytes));
@@ -369,6 +408,17 @@ void GgufWriter::add_zero_tensor(const std::string& name, const std::vector<int6
   PendingTensor t{name, ne, type, {}};
   t.nbytes = checked_tensor_bytes(name, ne, type);
   t.hole = true;
+  impl_->tensor_index[name] = impl_->tensors.size();
+  impl_->tensors.push_back(std::move(t));
+}
+
+void GgufWriter::add_generated_tensor(const std::string& name, const std::vector<int64_t>& ne, QType type,
+                                      RowFiller fill) {
+  if (impl_->tensor_index.count(name)) fail("GGUF writer: tensor '" + name + "' added twice");
+  if (!fill) fail("GGUF writer: tensor '" + name + "' has no filler");
+  PendingTensor t{name, ne, type, {}};
+  t.nbytes = checked_tensor_bytes(name, ne, type);
+  t.fill = std::move(fill);
   impl_->tensor_index[name] = impl_->tensors.size();
   impl_->tensors.push_back(std::move(t));
 }
