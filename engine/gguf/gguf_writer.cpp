@@ -183,13 +183,14 @@ struct GgufWriter::Impl {
 
   // Fills piece k + 1 while a second thread writes piece k (the filler's own threads do the
   // generating; writing is mostly the kernel copying into the page cache).
-  static void write_generated(Output& out, const PendingTensor& t) {
+  // buf: two piece buffers, kept across tensors (fresh 32 MiB buffers per tensor would be
+  // fresh pages, zeroed by the kernel, for every tensor).
+  static void write_generated(Output& out, const PendingTensor& t, std::vector<uint8_t> (&buf)[2]) {
     int64_t rows = 1;
     for (size_t d = 1; d < t.ne.size(); ++d) rows *= t.ne[d];
     if (rows == 0 || t.nbytes == 0) return;
     const uint64_t row_bytes = t.nbytes / static_cast<uint64_t>(rows);
     const int64_t piece_rows = std::max<int64_t>(1, static_cast<int64_t>(kGeneratePiece / std::max<uint64_t>(1, row_bytes)));
-    std::vector<uint8_t> buf[2];
     std::thread writer;
     auto join = [&] {
       if (writer.joinable()) writer.join();
@@ -199,11 +200,12 @@ struct GgufWriter::Impl {
       for (int64_t r0 = 0; r0 < rows; r0 += piece_rows, k ^= 1) {
         const int64_t n = std::min(piece_rows, rows - r0);
         std::vector<uint8_t>& b = buf[k];
-        b.resize(static_cast<size_t>(row_bytes * static_cast<uint64_t>(n)));
+        const size_t bytes = static_cast<size_t>(row_bytes * static_cast<uint64_t>(n));
+        if (b.size() < bytes) b.resize(bytes);
         t.fill(r0, n, b.data());
         join();
         if (out.error()) break;  // a full disk: stop generating, write() reports it
-        writer = std::thread([&out, &b] { out.bytes(b.data(), b.size()); });
+        writer = std::thread([&out, &b, bytes] { out.bytes(b.data(), bytes); });
       }
     } catch (...) {
       join();
@@ -231,7 +233,7 @@ struct GgufWriter::Impl {
       offset += (t.nbytes + align - 1) / align * align;
     }
     out.pad_to(align);
-    std::vector<uint8_t> piece;
+    std::vector<uint8_t> piece, gen_buf[2];
     for (const PendingTensor& t : tensors) {
       if (t.hole) {
         out.skip(t.nbytes);
@@ -239,7 +241,7 @@ struct GgufWriter::Impl {
         continue;
       }
       if (t.fill) {
-        write_generated(out, t);
+        write_generated(out, t, gen_buf);
       } else if (!t.spilled) {
         out.bytes(t.data.data(), t.data.size());
       } else {

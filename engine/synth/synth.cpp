@@ -304,7 +304,8 @@ std::vector<uint8_t> make_tensor(const TensorSpec& t, QType type, const HParams&
 //            d·(7.5·sc − 8·m), within 4d of zero); random 4-bit quants.
 //   IQ2_XXS  d = s·j; random grid indices, sign indices and 4-bit sub-block scales (any byte
 //            pattern is a grid point; sign masks are even by construction).
-//   F16/BF16 uniform values with the distribution's mean and standard deviation.
+//   F16/BF16 uniform values with the distribution's mean and standard deviation (16 random
+//            bits per value through a table).
 // F32 and I32 (norms, scales, biases, the small HC matrices of some mixes, the hash table) keep the
 // quantised path's values: they are a few MiB. s = the distribution's std / the type's unit RMS
 // (the RMS of blocks generated with s = 1, measured once through dequantize_row).
@@ -326,7 +327,6 @@ class FastRng {
       for (int b = 0; b < 8; ++b) p[i + b] = static_cast<uint8_t>(v >> (8 * b));
     }
   }
-  float unit() { return static_cast<float>(next() >> 40) * 0x1.0p-24f; }  // [0, 1)
 
  private:
   uint64_t s_;
@@ -431,15 +431,28 @@ class RandomRows {
   size_t row_bytes() const { return row_bytes_; }
 
   void operator()(int64_t r0, int64_t n, uint8_t* dst) const {
+    // F16/BF16: the 65536 values a 16-bit uniform maps to, (u + 0.5) / 65536 across [-1, 1) of
+    // the distribution's range (0.3 ms per piece; one table per tensor held until write() would
+    // be MiBs for the whole model).
+    std::vector<uint16_t> table;
+    if (type_ == QType::F16 || type_ == QType::BF16) {
+      table.resize(65536);
+      const double half_width = dist_.std * std::sqrt(3.0);
+      for (uint32_t u = 0; u < 65536; ++u) {
+        const auto v = static_cast<float>(dist_.mean + half_width * ((2.0 * u + 1.0) / 65536.0 - 1.0));
+        table[u] = type_ == QType::F16 ? f32_to_f16(v) : f32_to_bf16(v);
+      }
+    }
     parallel_rows(n, n_threads_, [&](int64_t a, int64_t b) {
       std::vector<float> row;
       std::vector<int32_t> perm;
-      for (int64_t i = a; i < b; ++i) one_row(r0 + i, dst + row_bytes_ * static_cast<size_t>(i), row, perm);
+      for (int64_t i = a; i < b; ++i) one_row(r0 + i, dst + row_bytes_ * static_cast<size_t>(i), table, row, perm);
     });
   }
 
  private:
-  void one_row(int64_t r, uint8_t* dst, std::vector<float>& row, std::vector<int32_t>& perm) const {
+  void one_row(int64_t r, uint8_t* dst, const std::vector<uint16_t>& table, std::vector<float>& row,
+               std::vector<int32_t>& perm) const {
     const int64_t ne0 = t_.ne[0];
     if (has_random_blocks(type_)) {
       FastRng rng(stream_seed(seed_, name_hash_, static_cast<uint64_t>(r)));
@@ -448,10 +461,9 @@ class RandomRows {
         random_block(type_, scale_, rng, dst + static_cast<size_t>(b) * info.block_bytes);
     } else if (type_ == QType::F16 || type_ == QType::BF16) {
       FastRng rng(stream_seed(seed_, name_hash_, static_cast<uint64_t>(r)));
-      const float half_width = static_cast<float>(dist_.std * std::sqrt(3.0)), mean = static_cast<float>(dist_.mean);
-      for (int64_t j = 0; j < ne0; ++j) {
-        const float v = mean + half_width * (2.0f * rng.unit() - 1.0f);
-        put_u16(dst + 2 * j, type_ == QType::F16 ? f32_to_f16(v) : f32_to_bf16(v));
+      for (int64_t j = 0; j < ne0; j += 4) {
+        const uint64_t bits = rng.next();
+        for (int k = 0; k < 4 && j + k < ne0; ++k) put_u16(dst + 2 * (j + k), table[(bits >> (16 * k)) & 0xffff]);
       }
     } else {
       quantised_row(t_, dist_, type_, hp_, seed_, name_hash_, r, dst, row, perm);
