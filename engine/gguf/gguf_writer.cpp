@@ -456,7 +456,13 @@ void GgufWriter::write(const std::string& path) const {
   {
     Output out(tmp);
     if (!out.opened()) fail(path + ": cannot create: " + std::strerror(out.error()));
-    impl_->write_all(out, align);
+    try {
+      impl_->write_all(out, align);  // a filler or a spill read may throw: leave nothing behind
+    } catch (...) {
+      out.close();
+      std::remove(tmp.c_str());
+      throw;
+    }
     err = out.close();
   }
   if (err == 0 && std::rename(tmp.c_str(), path.c_str()) != 0) err = errno ? errno : EIO;
