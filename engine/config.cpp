@@ -295,7 +295,7 @@ std::string synth_cli_usage() {
   return "usage: ds4-synth [--preset " + join_bar(synth_presets()) + "] [--quant " + join_bar(QuantMix::names()) +
          "] [--seed N]\n"
          "                 [--layers N] [--experts N] [--vocab N] [--ff N] [--mtp | --mtp-sidecar]\n"
-         "                 [--threads N] -o out.gguf\n"
+         "                 [--values quantised|random|zero] [--threads N] -o out.gguf\n"
          "Writes a synthetic DeepSeek V4 Flash model with seeded random weights.\n"
          "  --preset   tiny (the HF oracle's shapes, expert FF 256; default), flash-shape\n"
          "             (every per-layer dimension of Flash, 4 layers, 16 experts), published (the\n"
@@ -308,6 +308,10 @@ std::string synth_cli_usage() {
          "  --mtp      add one MTP block\n"
          "  --mtp-sidecar  write only the MTP block, as a deepseek4_mtp_support sidecar (mtp.0.*)\n"
          "             for the trunk of the same options (ds4 --mtp FILE pairs it)\n"
+         "  --values   quantised (floats through the reference quantisers; default of tiny and\n"
+         "             flash-shape), zero (sparse holes; default of the published presets) or\n"
+         "             random (random quants with sane scales in each block, generated straight\n"
+         "             into the output: the published presets with values at disk speed)\n"
          "  --threads  worker threads (default: all cores; does not change the output)\n";
 }
 
@@ -334,6 +338,9 @@ SynthCli parse_synth_cli(int argc, char** argv) {
       c.opt.n_ff_exp = parse_count<uint32_t>(a, w.value());
     } else if (a == "--threads") {
       c.opt.n_threads = parse_count<unsigned>(a, w.value());
+    } else if (a == "--values") {
+      c.opt.values = w.value();
+      synth_values(c.opt);  // reject an unknown kind before anything else
     } else if (a == "--mtp") {
       c.opt.mtp = true;
     } else if (a == "--mtp-sidecar") {

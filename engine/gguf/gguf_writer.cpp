@@ -1,5 +1,6 @@
 // GGUF v3 writer. Metadata and tensors are held in insertion order (tensor data in memory, or in
-// a ScratchFile after spill_tensors_near); write() streams them to "<path>.tmp.<pid>.<n>" and
+// a ScratchFile after spill_tensors_near, or produced by a filler during write() for
+// add_generated_tensor); write() streams them to "<path>.tmp.<pid>.<n>" and
 // renames it over <path> only once every byte (and the close) has succeeded, so readers never
 // see a partial file and a failed write leaves nothing behind.
 // The temporary's name is unique per process and call: writers racing to create the same file
@@ -13,7 +14,9 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <exception>
 #include <map>
+#include <thread>
 
 #include "ds4/error.h"
 #include "ds4/gguf.h"
@@ -35,10 +38,13 @@ struct PendingTensor {
   uint64_t nbytes = 0;
   bool spilled = false;
   bool hole = false;          // all zero bytes, skipped over in the output (a sparse hole)
+  GgufWriter::RowFiller fill = nullptr;  // generated while write() runs (add_generated_tensor)
 };
 
 // Spilled tensors are copied into the output in pieces of this many bytes.
 constexpr size_t kCopyPiece = size_t{16} << 20;
+// Generated tensors are filled in pieces of whole rows of about this many bytes.
+constexpr size_t kGeneratePiece = size_t{32} << 20;
 
 // Buffered output that remembers the first I/O error instead of checking at every call site.
 class Output {
@@ -175,6 +181,39 @@ struct GgufWriter::Impl {
     return static_cast<uint32_t>(v.u);
   }
 
+  // Fills piece k + 1 while a second thread writes piece k (the filler's own threads do the
+  // generating; writing is mostly the kernel copying into the page cache).
+  // buf: two piece buffers, kept across tensors (fresh 32 MiB buffers per tensor would be
+  // fresh pages, zeroed by the kernel, for every tensor).
+  static void write_generated(Output& out, const PendingTensor& t, std::vector<uint8_t> (&buf)[2]) {
+    int64_t rows = 1;
+    for (size_t d = 1; d < t.ne.size(); ++d) rows *= t.ne[d];
+    if (rows == 0 || t.nbytes == 0) return;
+    const uint64_t row_bytes = t.nbytes / static_cast<uint64_t>(rows);
+    const int64_t piece_rows = std::max<int64_t>(1, static_cast<int64_t>(kGeneratePiece / std::max<uint64_t>(1, row_bytes)));
+    std::thread writer;
+    auto join = [&] {
+      if (writer.joinable()) writer.join();
+    };
+    try {
+      int k = 0;
+      for (int64_t r0 = 0; r0 < rows; r0 += piece_rows, k ^= 1) {
+        const int64_t n = std::min(piece_rows, rows - r0);
+        std::vector<uint8_t>& b = buf[k];
+        const size_t bytes = static_cast<size_t>(row_bytes * static_cast<uint64_t>(n));
+        if (b.size() < bytes) b.resize(bytes);
+        t.fill(r0, n, b.data());
+        join();
+        if (out.error()) break;  // a full disk: stop generating, write() reports it
+        writer = std::thread([&out, &b, bytes] { out.bytes(b.data(), bytes); });
+      }
+    } catch (...) {
+      join();
+      throw;
+    }
+    join();
+  }
+
   void write_all(Output& out, uint32_t align) const {
     out.bytes("GGUF", 4);
     out.pod<uint32_t>(3);
@@ -194,14 +233,16 @@ struct GgufWriter::Impl {
       offset += (t.nbytes + align - 1) / align * align;
     }
     out.pad_to(align);
-    std::vector<uint8_t> piece;
+    std::vector<uint8_t> piece, gen_buf[2];
     for (const PendingTensor& t : tensors) {
       if (t.hole) {
         out.skip(t.nbytes);
         out.skip((align - out.written() % align) % align);
         continue;
       }
-      if (!t.spilled) {
+      if (t.fill) {
+        write_generated(out, t, gen_buf);
+      } else if (!t.spilled) {
         out.bytes(t.data.data(), t.data.size());
       } else {
         piece.resize(std::min<uint64_t>(kCopyPiece, t.nbytes));
@@ -373,6 +414,17 @@ void GgufWriter::add_zero_tensor(const std::string& name, const std::vector<int6
   impl_->tensors.push_back(std::move(t));
 }
 
+void GgufWriter::add_generated_tensor(const std::string& name, const std::vector<int64_t>& ne, QType type,
+                                      RowFiller fill) {
+  if (impl_->tensor_index.count(name)) fail("GGUF writer: tensor '" + name + "' added twice");
+  if (!fill) fail("GGUF writer: tensor '" + name + "' has no filler");
+  PendingTensor t{name, ne, type, {}};
+  t.nbytes = checked_tensor_bytes(name, ne, type);
+  t.fill = std::move(fill);
+  impl_->tensor_index[name] = impl_->tensors.size();
+  impl_->tensors.push_back(std::move(t));
+}
+
 size_t GgufWriter::tensor_count() const { return impl_->tensors.size(); }
 
 namespace {
@@ -404,7 +456,13 @@ void GgufWriter::write(const std::string& path) const {
   {
     Output out(tmp);
     if (!out.opened()) fail(path + ": cannot create: " + std::strerror(out.error()));
-    impl_->write_all(out, align);
+    try {
+      impl_->write_all(out, align);  // a filler or a spill read may throw: leave nothing behind
+    } catch (...) {
+      out.close();
+      std::remove(tmp.c_str());
+      throw;
+    }
     err = out.close();
   }
   if (err == 0 && std::rename(tmp.c_str(), path.c_str()) != 0) err = errno ? errno : EIO;

@@ -374,6 +374,7 @@ const std::vector<Row>& rows() {
       {"flag", "bad number (ds4-synth)", Tool::Synth, {"--layers", "two", "-o", "{OUT}"}, {}, {"--layers", "'two'"}},
       {"flag", "unknown preset (ds4-synth)", Tool::Synth, {"--preset", "huge", "-o", "{OUT}"}, {}, {"preset", "'huge'"}},
       {"flag", "unknown quant mix (ds4-synth)", Tool::Synth, {"--quant", "q3", "-o", "{OUT}"}, {}, {"'q3'"}},
+      {"flag", "unknown values (ds4-synth)", Tool::Synth, {"--values", "noise", "-o", "{OUT}"}, {}, {"--values", "'noise'"}},
       {"flag", "vocabulary too small (ds4-synth)", Tool::Synth, {"--vocab", "10", "-o", "{OUT}"}, {}, {"vocabulary", "10"}},
       {"flag", "-o missing (ds4-synth)", Tool::Synth, {"--layers", "1"}, {}, {"-o"}},
       // ---- checkpoints (ds4-convert) ----

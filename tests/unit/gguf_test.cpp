@@ -422,6 +422,49 @@ TEST(Gguf, ZeroTensorsAreHolesThatReadAsZero) {
   EXPECT_LT(static_cast<uint64_t>(st.st_blocks) * 512, uint64_t{1} << 20) << "the hole took disk blocks";
 }
 
+// add_generated_tensor: the bytes a filler gives, piece by piece (a 40 MiB tensor is 2 pieces of
+// whole rows), are those add_tensor writes; a filler that throws leaves no file.
+TEST(Gguf, GeneratedTensorsWriteTheSameBytes) {
+  TempDir dir;
+  const int64_t ne0 = 32, rows = (int64_t{40} << 20) / 34;  // Q8_0 rows of 34 bytes
+  const size_t row_bytes = ds4::qtype_row_bytes(QType::Q8_0, ne0);
+  std::vector<uint8_t> data(row_bytes * static_cast<size_t>(rows));
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>((i * 2654435761u) >> 13);
+  const std::vector<uint8_t> small = pattern(40, 3);
+  GgufWriter a, b;
+  for (GgufWriter* w : {&a, &b}) {
+    w->set_str("general.architecture", "test");
+    w->add_tensor("small", {10}, QType::F32, small.data(), small.size());
+  }
+  a.add_tensor("gen", {ne0, rows}, QType::Q8_0, data.data(), data.size());
+  std::vector<std::pair<int64_t, int64_t>> calls;
+  b.add_generated_tensor("gen", {ne0, rows}, QType::Q8_0, [&](int64_t r0, int64_t n, uint8_t* dst) {
+    calls.emplace_back(r0, n);
+    std::memcpy(dst, data.data() + row_bytes * static_cast<size_t>(r0), row_bytes * static_cast<size_t>(n));
+  });
+  b.add_tensor("after", {10}, QType::F32, small.data(), small.size());
+  a.add_tensor("after", {10}, QType::F32, small.data(), small.size());
+  EXPECT_THROW(b.add_generated_tensor("gen", {32}, QType::Q8_0, [](int64_t, int64_t, uint8_t*) {}), ds4::Error);
+  EXPECT_THROW(b.add_generated_tensor("odd", {31}, QType::Q8_0, [](int64_t, int64_t, uint8_t*) {}), ds4::Error);
+  EXPECT_THROW(b.add_generated_tensor("none", {32}, QType::Q8_0, nullptr), ds4::Error);
+  a.write(dir.file("a.gguf"));
+  b.write(dir.file("b.gguf"));
+  EXPECT_EQ(read_file(dir.file("a.gguf")), read_file(dir.file("b.gguf")));
+  ASSERT_GE(calls.size(), 2u);  // in order, whole rows, covering every row once
+  int64_t next = 0;
+  for (const auto& [r0, n] : calls) {
+    EXPECT_EQ(r0, next);
+    next = r0 + n;
+  }
+  EXPECT_EQ(next, rows);
+
+  GgufWriter c;
+  c.set_str("general.architecture", "test");
+  c.add_generated_tensor("gen", {32, 4}, QType::Q8_0, [](int64_t, int64_t, uint8_t*) { ds4::fail("filler broke"); });
+  EXPECT_THROW(c.write(dir.file("c.gguf")), ds4::Error);
+  EXPECT_EQ(dir.entries(), 2u) << "a failed write leaves nothing behind";
+}
+
 TEST(Gguf, CustomAlignmentIsHonoured) {
   TempDir dir;
   GgufWriter w;

@@ -6,6 +6,7 @@
 // half-written file.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -129,6 +130,14 @@ class GgufWriter {
   // hole (a sparse file region that reads back as zeros and takes no disk blocks). This is how
   // ds4-synth writes weightless fixtures of the 80 GiB published layout.
   void add_zero_tensor(const std::string& name, const std::vector<int64_t>& ne, QType type);
+  // Fills rows [row0, row0 + n_rows) of a tensor (a row = ne[0] elements, qtype_row_bytes(type,
+  // ne[0]) bytes) at dst. Called by write() in order, a piece of whole rows at a time.
+  using RowFiller = std::function<void(int64_t row0, int64_t n_rows, uint8_t* dst)>;
+  // Adds a tensor whose bytes `fill` produces while write() runs, straight into the output in
+  // pieces of about 32 MiB (the next piece is filled while the last one is written): an output
+  // of any size with neither the tensors in memory nor a scratch copy on disk. How ds4-synth
+  // --values random writes the 80 GiB published layout with values.
+  void add_generated_tensor(const std::string& name, const std::vector<int64_t>& ne, QType type, RowFiller fill);
   // For outputs larger than memory (a converted Flash checkpoint): tensor data added from now
   // on waits in an unlinked scratch file in the folder of `path` (the file write() will create)
   // instead of in memory, and is copied into place by write(). A failed scratch write (a full

@@ -8,6 +8,14 @@
 // and of its sidecar DeepSeek-V4-Flash-MTP-Q4K-Q8_0-F32.gguf, with every tensor's bytes zero and
 // left as a sparse hole (the 80 GiB trunk takes a few MiB of disk).
 //
+// Values (SynthOptions::values): "quantised" (the default of tiny and flash-shape) draws floats
+// and quantises them with the reference quantisers; "zero" (the default of the published presets)
+// writes holes; "random" fills each quant block's fields directly with random quants and sane
+// scales (same RMS per tensor as the quantised values), generated into the output while it is
+// written: the published layout with values, 80 GiB, in minutes and without holding it in memory
+// (`ds4-synth --preset published --values random`; `--preset published-mtp --values random` is
+// its sidecar).
+//
 // Same options -> same file bytes, on any platform: weights come from per-row mt19937_64 streams
 // and our own Box-Muller with hand-written log/sin/cos (std::normal_distribution and libm are
 // implementation-defined), and no value depends on the thread count.
@@ -33,6 +41,8 @@ struct SynthOptions {
   // split into e_proj and h_proj). Implied by preset published-mtp.
   bool mtp_sidecar = false;
   unsigned n_threads = 0;  // 0 = hardware concurrency; never changes the output
+  // "quantised", "random" or "zero" (synth_value_kinds()); empty = the preset's (synth_values()).
+  std::string values;
 };
 
 std::vector<std::string> synth_presets();
@@ -42,8 +52,13 @@ HParams synth_hparams(const SynthOptions& opt);
 // Generates and writes the model (atomically, via the GGUF writer). Checks the quant mix against
 // every tensor before generating anything.
 void write_synth_model(const SynthOptions& opt, const std::string& path);
-// True for the presets whose weights are all zero, written as sparse holes.
+// True for the presets whose weights are all zero, written as sparse holes (unless --values
+// says otherwise).
 bool synth_preset_is_weightless(const std::string& preset);
+std::vector<std::string> synth_value_kinds();
+// The values `opt` asks for: opt.values, or the preset's default ("zero" for the published
+// presets, "quantised" otherwise); throws a one-line error for an unknown kind.
+std::string synth_values(const SynthOptions& opt);
 
 // The GGUF type of every tensor of `specs` under `mix`, in order. Throws a one-line error naming
 // the first tensor whose ne0 is not a multiple of its type's block size. (Shared with ds4-convert.)
