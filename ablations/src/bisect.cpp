@@ -71,8 +71,8 @@ class Bisector {
         confirm(r);
       }
     }
-    if (cfg_.gates_ddmin) {
-      if (!can_rerun_) fail("bisect --gates: cannot rerun (" + r.note + ")");
+    if (cfg_.minimize_gates) {
+      if (!can_rerun_) fail("bisect --minimize-gates: cannot rerun (" + r.note + ")");
       gate_ddmin(r);
     }
     return r;
@@ -260,7 +260,7 @@ class Bisector {
     } else {
       r.verdict = "propagated";
       r.explanation = method + ": fed reference inputs the suspect reproduces the reference at this point, so the "
-                      "candidate's difference there comes from gates acting together (see --gates)";
+                      "candidate's difference there comes from gates acting together (see --minimize-gates)";
     }
   }
 
@@ -269,7 +269,7 @@ class Bisector {
     const std::vector<Gate> cands = differing_gates();
     for (Gate g : cands) r.ddmin_candidates.push_back(gate_name(g));
     if (cands.empty()) {
-      r.note += (r.note.empty() ? "" : "; ") + std::string("--gates: no gate differs between the runs");
+      r.note += (r.note.empty() ? "" : "; ") + std::string("--minimize-gates: no gate differs between the runs");
       return;
     }
     auto with = [&](const std::vector<int>& sub) {
@@ -283,7 +283,7 @@ class Bisector {
       return !rerun("ddmin", with(sub), false, r).bit_equal;
     };
     if (!fails(all)) {
-      r.note += (r.note.empty() ? "" : "; ") + std::string("--gates: the candidate's gates alone (no fault) give bit-equality");
+      r.note += (r.note.empty() ? "" : "; ") + std::string("--minimize-gates: the candidate's gates alone (no fault) give bit-equality");
       return;
     }
     for (int i : ddmin(all, fails)) r.minimal_failing.push_back(gate_name(cands[static_cast<size_t>(i)]));

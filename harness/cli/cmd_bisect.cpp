@@ -13,7 +13,7 @@ int cmd_bisect(const std::vector<std::string>& args) {
   std::string model_path, mtp_path, prompt = "Hello! Who are you?", token_file, mode = "batched", profile = "ds4",
                           cand = "all=fast", ref = "plain", fault, json_out, backend = "cpu";
   int64_t generate = 64, width = 0, prefix = 0, threads = 0;
-  bool gates = false, no_confirm = false, quiet = false;
+  bool minimize_gates = false, no_confirm = false, quiet = false;
   TapFilterFlags capture;
   std::vector<std::string> dumps;
   ArgParser p("bisect");
@@ -31,7 +31,10 @@ int cmd_bisect(const std::vector<std::string>& args) {
       .option("--ref", &ref, "reference: plain (N=1 decode, default) or gate settings of a batched run")
       .option("--fault", &fault, "plant a one-ULP fault in the candidate: layer:tap:pos[:element]");
   capture.add_to(p, "in-process runs: compare");
-  p.flag("--gates", &gates, "delta debugging over gates: the minimal failing set")
+  // Elsewhere --gates takes gate settings; bisect's candidate settings are --cand.
+  p.flag("--minimize-gates", &minimize_gates, "delta debugging over gates: the minimal failing set")
+      .retired("--gates", "is not a bisect flag: --minimize-gates for the minimal failing gate set, "
+                          "--cand SPEC for the candidate's gate settings")
       .flag("--no-confirm", &no_confirm, "skip the confirmation reruns")
       .option("--threads", &threads, "CPU threads (0 = all)", 0, 4096)
       .flag("--quiet", &quiet, "no rerun log on stderr")
@@ -45,7 +48,7 @@ int cmd_bisect(const std::vector<std::string>& args) {
   const EnvSettings env = read_environment();
   BisectConfig cfg;
   cfg.confirm = !no_confirm;
-  cfg.gates_ddmin = gates;
+  cfg.minimize_gates = minimize_gates;
   cfg.threads = static_cast<int>(threads ? threads : env.threads);
   cfg.log = quiet ? nullptr : stderr;
   if (dumps.size() == 2) {

@@ -26,7 +26,7 @@ struct TapFilterFlags {
 int cmd_gates(const std::vector<std::string>& args);
 int cmd_run(const std::vector<std::string>& args);
 int cmd_diff(const std::vector<std::string>& args);
-int cmd_gate(const std::vector<std::string>& args);
+int cmd_check(const std::vector<std::string>& args);
 int cmd_ablate(const std::vector<std::string>& args);
 int cmd_bisect(const std::vector<std::string>& args);
 int cmd_sweep(const std::vector<std::string>& args);

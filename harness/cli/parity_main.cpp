@@ -18,12 +18,20 @@ const Subcommand kCommands[] = {
     {"gates", "list the gates (gates.def): id, family, backends, fast and exact variants", ds4::cmd_gates},
     {"run", "run a model plain / batched / verify and dump taps to HDF5", ds4::cmd_run},
     {"diff", "compare two dumps: first divergence, worst taps, growth, logits, routing; JSON", ds4::cmd_diff},
-    {"gate", "check diff results against parity.toml thresholds; JUnit XML", ds4::cmd_gate},
+    {"check", "check diff results against parity.toml thresholds; JUnit XML", ds4::cmd_check},
     {"ablate", "gate ablation matrix vs plain decode: ranking, minimal exact set (resumable, shards)", ds4::cmd_ablate},
     {"bisect", "first (position, layer, tap) not bit-equal, its variant and gate; local vs propagated", ds4::cmd_bisect},
     {"sweep", "verify width 1..K and prompt-length bands: where bit-equality or the fork moves", ds4::cmd_sweep},
     {"report", "Markdown + self-contained HTML report of ablate / bisect / sweep results", ds4::cmd_report},
 };
+
+// Old names that keep working, with a one-line note on stderr. `gate` was the threshold check
+// until it was renamed so as not to share a word with the kernel gates (gates.def, `gates`).
+struct Alias {
+  const char* old_name;
+  const char* name;
+};
+const Alias kAliases[] = {{"gate", "check"}};
 
 void usage(FILE* out) {
   std::fprintf(out, "usage: ds4-parity <command> [options]   (ds4-parity <command> --help)\ncommands:\n");
@@ -37,7 +45,13 @@ int main(int argc, char** argv) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
-  const std::string name = argv[1];
+  std::string name = argv[1];
+  for (const Alias& a : kAliases)
+    if (name == a.old_name) {
+      std::fprintf(stderr, "ds4-parity: note: `%s` is deprecated, use `ds4-parity %s` (same flags)\n",
+                   a.old_name, a.name);
+      name = a.name;
+    }
   std::vector<std::string> args(argv + 2, argv + argc);
   for (const Subcommand& c : kCommands) {
     if (name != c.name) continue;

@@ -1,5 +1,5 @@
-// The CI gate (ds4/ci_gate.h): TOML (toml++) into [config.NAME] tables, the parity.toml
-// configuration, the checks on diff results, JUnit XML and the `ds4-parity gate` command. The
+// The CI threshold check (ds4/ci_gate.h): TOML (toml++) into [config.NAME] tables, the parity.toml
+// configuration, the checks on diff results, JUnit XML and the `ds4-parity check` command. The
 // configuration is documented in harness/PARITY_TOML.md; keep the two in step.
 #include "ds4/ci_gate.h"
 
@@ -293,7 +293,7 @@ ParityConfig parse_parity_config(std::string_view text, const std::string& what)
 
 ParityConfig load_parity_config(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
-  if (!f) fail(path + ": cannot read the gate configuration");
+  if (!f) fail(path + ": cannot read the parity configuration");
   std::stringstream ss;
   ss << f.rdbuf();
   return parse_parity_config(ss.str(), path);
@@ -517,7 +517,7 @@ std::string junit_xml(const GateReport& rep) {
   for (const GateCheck& c : rep.checks)
     if (std::find(files.begin(), files.end(), c.file) == files.end()) files.push_back(c.file);
   std::string x = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
-  x += "<testsuites name=\"ds4-parity gate\" tests=\"" + std::to_string(rep.checks.size()) +
+  x += "<testsuites name=\"ds4-parity check\" tests=\"" + std::to_string(rep.checks.size()) +
        "\" failures=\"" + std::to_string(rep.violations()) + "\">\n";
   for (const std::string& f : files) {
     int tests = 0, failures = 0;
@@ -541,10 +541,10 @@ std::string junit_xml(const GateReport& rep) {
   return x + "</testsuites>\n";
 }
 
-int gate_command(const std::vector<std::string>& args, std::string& out) {
+int check_command(const std::vector<std::string>& args, std::string& out) {
   std::vector<std::string> files;
   std::string config_path, junit_path;
-  ArgParser p("gate");
+  ArgParser p("check");
   p.positionals(&files, "RESULT.json... (from `ds4-parity diff --json --label NAME`)", 1)
       .option("--config", &config_path,
               "thresholds per configuration (TOML, harness/PARITY_TOML.md)")
@@ -561,9 +561,9 @@ int gate_command(const std::vector<std::string>& args, std::string& out) {
   for (const GateCheck& c : rep.checks)
     out += std::string(c.pass ? "PASS " : "FAIL ") + c.message + "\n";
   const int v = rep.violations();
-  out += v ? "gate: " + std::to_string(v) + " violation" + (v == 1 ? "" : "s") + " in " +
+  out += v ? "check: " + std::to_string(v) + " violation" + (v == 1 ? "" : "s") + " in " +
                  std::to_string(rep.checks.size()) + " checks\n"
-           : "gate: all " + std::to_string(rep.checks.size()) + " checks pass\n";
+           : "check: all " + std::to_string(rep.checks.size()) + " checks pass\n";
   if (!junit_path.empty()) {
     std::ofstream f(junit_path, std::ios::binary | std::ios::trunc);
     if (!f || !(f << junit_xml(rep)) || !f.flush())

@@ -26,6 +26,11 @@ ArgParser& ArgParser::flag(const std::string& name, bool* dest, const std::strin
   return *this;
 }
 
+ArgParser& ArgParser::retired(const std::string& name, const std::string& hint) {
+  retired_.emplace_back(name, hint);
+  return *this;
+}
+
 ArgParser& ArgParser::positionals(std::vector<std::string>* dest, const std::string& help, size_t min, size_t max) {
   positional_ = dest;
   positional_help_ = help;
@@ -40,6 +45,8 @@ bool ArgParser::parse(const std::vector<std::string>& args) {
     const std::string& a = arg.name;
     if (a == "-h" || a == "--help") return false;
     if (a.size() > 1 && a[0] == '-') {
+      for (const auto& [name, hint] : retired_)
+        if (name == a) fail("bad flag: " + a + " " + hint);
       const Opt* found = nullptr;
       for (const Opt& o : opts_)
         if (o.name == a) found = &o;

@@ -1,4 +1,4 @@
-// The outputs of a diff: JSON (the machine form `ds4-parity gate` reads, layout in
+// The outputs of a diff: JSON (the machine form `ds4-parity check` reads, layout in
 // harness/PARITY_TOML.md), the human table, and the `ds4-parity diff` command itself.
 #include <algorithm>
 #include <charconv>
@@ -496,7 +496,7 @@ int diff_command(const std::vector<std::string>& args, std::string& out) {
       .option("--layer", &layers, "only these layers, e.g. 0,2-3 (-1 = output head)")
       .option("--position", &positions, "only these positions: P, P0-P1 (inclusive) or P0-")
       .option("--json", &json_path, "write every result as JSON here")
-      .option("--label", &label, "configuration name recorded in the JSON (for `ds4-parity gate`)")
+      .option("--label", &label, "configuration name recorded in the JSON (for `ds4-parity check`)")
       .option("--tau", &opt.tau,
               "near-tie margin in logits: flips with margin <= tau are ties (1e-3)")
       .option("--max-abs-threshold", &opt.max_abs_threshold,

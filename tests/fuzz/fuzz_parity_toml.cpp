@@ -1,4 +1,4 @@
-// libFuzzer target: the parity config language of `ds4-parity gate --config parity.toml`
+// libFuzzer target: the parity config language of `ds4-parity check --config parity.toml`
 // (ds4::parse_toml_tables on toml++, and ds4::parse_parity_config, harness/PARITY_TOML.md) on
 // arbitrary text.
 //   scripts/fuzz parity_toml        (corpus: tests/fuzz/corpus/parity_toml)

@@ -10,7 +10,7 @@
 // Tools run under `env -i` with only PATH, HOME and the row's variables, so a DS4_* variable of
 // the calling shell cannot change the outcome.
 //
-// Rows for subcommands that other work adds (`ds4-parity diff`, `ds4-parity gate`) skip until the
+// Rows for subcommands that other work adds (`ds4-parity diff`, `ds4-parity check`) skip until the
 // binary has them. With BAD_INPUT_TABLE=FILE each row is also written to FILE as a Markdown
 // row (input, what is tried, the exact error with paths shortened): the README's table comes from
 //   BAD_INPUT_TABLE=table.md build/tests/bad_input_test
@@ -317,20 +317,21 @@ const std::vector<Row>& rows() {
       {"dump (`diff A.h5 B.h5`)", "one bit flipped", Tool::Parity, {"diff", "{DIR}/good.h5", "{DIR}/dump-bitflip.h5"}, {}, {"dump-bitflip.h5", "checksum"}, "diff"},
       {"dump (`diff A.h5 B.h5`)", "schema version 2", Tool::Parity, {"diff", "{DIR}/dump-schema2.h5", "{DIR}/good.h5"}, {}, {"dump-schema2.h5", "schema version 2", "regenerate"}, "diff"},
       {"dump (`diff A.h5 B.h5`)", "a required dataset missing", Tool::Parity, {"diff", "{DIR}/good.h5", "{DIR}/dump-no-order.h5"}, {}, {"dump-no-order.h5", "tap_order_name"}, "diff"},
-      // ---- parity config (ds4-parity gate --config) ----
-      {"parity config (`gate --config`)", "missing file", Tool::Parity, {"gate", "--config", "{DIR}/nope.toml", "{DIR}/result.json"}, {}, {"{DIR}/nope.toml"}, "gate"},
-      {"parity config (`gate --config`)", "unknown key", Tool::Parity, {"gate", "--config", "{DIR}/cfg-unknown-key.toml", "{DIR}/result.json"}, {}, {"cfg-unknown-key.toml", "kld_mean_maxx"}, "gate"},
-      {"parity config (`gate --config`)", "bad number", Tool::Parity, {"gate", "--config", "{DIR}/cfg-bad-number.toml", "{DIR}/result.json"}, {}, {"cfg-bad-number.toml", "1e-3x"}, "gate"},
-      {"parity config (`gate --config`)", "table not [config.NAME]", Tool::Parity, {"gate", "--config", "{DIR}/cfg-bad-table.toml", "{DIR}/result.json"}, {}, {"cfg-bad-table.toml", "fast"}, "gate"},
-      {"parity config (`gate --config`)", "unterminated string", Tool::Parity, {"gate", "--config", "{DIR}/cfg-unterminated.toml", "{DIR}/result.json"}, {}, {"cfg-unterminated.toml", ":2"}, "gate"},
-      {"parity config (`gate --config`)", "key outside a table", Tool::Parity, {"gate", "--config", "{DIR}/cfg-outside.toml", "{DIR}/result.json"}, {}, {"cfg-outside.toml", "kld_mean_max"}, "gate"},
-      {"parity config (`gate --config`)", "`--config` not given", Tool::Parity, {"gate", "{DIR}/result.json"}, {}, {"--config"}, "gate"},
+      // ---- parity config (ds4-parity check --config) ----
+      {"parity config (`check --config`)", "missing file", Tool::Parity, {"check", "--config", "{DIR}/nope.toml", "{DIR}/result.json"}, {}, {"{DIR}/nope.toml"}, "check"},
+      {"parity config (`check --config`)", "unknown key", Tool::Parity, {"check", "--config", "{DIR}/cfg-unknown-key.toml", "{DIR}/result.json"}, {}, {"cfg-unknown-key.toml", "kld_mean_maxx"}, "check"},
+      {"parity config (`check --config`)", "bad number", Tool::Parity, {"check", "--config", "{DIR}/cfg-bad-number.toml", "{DIR}/result.json"}, {}, {"cfg-bad-number.toml", "1e-3x"}, "check"},
+      {"parity config (`check --config`)", "table not [config.NAME]", Tool::Parity, {"check", "--config", "{DIR}/cfg-bad-table.toml", "{DIR}/result.json"}, {}, {"cfg-bad-table.toml", "fast"}, "check"},
+      {"parity config (`check --config`)", "unterminated string", Tool::Parity, {"check", "--config", "{DIR}/cfg-unterminated.toml", "{DIR}/result.json"}, {}, {"cfg-unterminated.toml", ":2"}, "check"},
+      {"parity config (`check --config`)", "key outside a table", Tool::Parity, {"check", "--config", "{DIR}/cfg-outside.toml", "{DIR}/result.json"}, {}, {"cfg-outside.toml", "kld_mean_max"}, "check"},
+      {"parity config (`check --config`)", "`--config` not given", Tool::Parity, {"check", "{DIR}/result.json"}, {}, {"--config"}, "check"},
       // ---- prompt file (ds4-parity ablate --prompts: one prompt per line, '@file' = token file) ----
       {"prompt file (`ablate --prompts`)", "missing file", Tool::Parity, {"ablate", "-m", "{MODEL}", "--prompts", "{DIR}/nope.txt", "--state", "{OUT}"}, {}, {"{DIR}/nope.txt"}, "ablate"},
       {"prompt file (`ablate --prompts`)", "no prompts (comments only)", Tool::Parity, {"ablate", "-m", "{MODEL}", "--prompts", "{DIR}/prompts-empty.txt", "--state", "{OUT}"}, {}, {"prompts-empty.txt", "no prompts"}, "ablate"},
       {"prompt file (`ablate --prompts`)", "'@' without a file", Tool::Parity, {"ablate", "-m", "{MODEL}", "--prompts", "{DIR}/prompts-at.txt", "--state", "{OUT}"}, {}, {"prompts-at.txt:2", "'@'"}, "ablate"},
       {"flag", "bad --shard (ablate)", Tool::Parity, {"ablate", "-m", "{MODEL}", "--prompts", "{DIR}/prompts-ok.txt", "--shard", "3/2", "--state", "{OUT}"}, {}, {"--shard", "3/2"}, "ablate"},
       {"tap filter (`--positions`)", "bad range (ablate)", Tool::Parity, {"ablate", "-m", "{MODEL}", "--prompts", "{DIR}/prompts-ok.txt", "--positions", "abc", "--state", "{OUT}"}, {}, {"positions", "'abc'"}, "ablate"},
+      {"flag", "`--gates` on bisect (its switch is `--minimize-gates`)", Tool::Parity, {"bisect", "--gates"}, {}, {"--gates", "--minimize-gates", "--cand"}, "bisect"},
       {"flag", "capture filter with dumps (bisect)", Tool::Parity, {"bisect", "{DIR}/good.h5", "{DIR}/good.h5", "--positions", "5-"}, {}, {"--positions", "in-process"}, "bisect"},
       // ---- gate string (--gates, DS4_GATES) ----
       {"gate string (`--gates`)", "unknown gate", Tool::Ds4, ds4_ok({"--gates", "q8_gemmm=exact"}), {}, {"--gates", "q8_gemmm"}},
@@ -528,6 +529,21 @@ TEST_P(BadInput, ExitTwoWithOneLineNamingTheInputAndNothingWritten) {
 
 INSTANTIATE_TEST_SUITE_P(Rows, BadInput, ::testing::Range(size_t{0}, rows().size()),
                          [](const ::testing::TestParamInfo<size_t>& i) { return row_name(rows()[i.param], i.param); });
+
+// `ds4-parity gate`, the threshold check's old name, still runs `check`, after a one-line note
+// on stderr, so that existing CI scripts keep working.
+TEST(DeprecatedAlias, GateRunsCheckAfterANote) {
+  const Files& fx = files();
+  const std::string note =
+      "ds4-parity: note: `gate` is deprecated, use `ds4-parity check` (same flags)\n";
+  Result r = run_tool(fx.dir, kParity, {"gate", "--help"}, {});
+  EXPECT_EQ(r.status, 0);
+  EXPECT_EQ(r.err, note);
+  EXPECT_EQ(r.out.rfind("usage: ds4-parity check ", 0), 0u) << r.out;
+  r = run_tool(fx.dir, kParity, {"gate", "--config", fx.dir + "/nope.toml", fx.dir + "/result.json"}, {});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.err.rfind(note + "ds4-parity check: " + fx.dir + "/nope.toml: ", 0), 0u) << r.err;
+}
 
 // Starts the table file (BAD_INPUT_TABLE) and removes the scratch folder at the end.
 struct TableAndCleanup : ::testing::Environment {

@@ -1,6 +1,6 @@
 // Bisection: planted one-ULP faults are found at exactly the (layer, tap, position) where they were
 // planted, from two dumps and in-process; a gate's divergence is attributed to it and confirmed
-// local by the isolation rerun; --gates ddmin returns a 1-minimal failing set.
+// local by the isolation rerun; --minimize-gates ddmin returns a 1-minimal failing set.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -146,7 +146,7 @@ TEST(Bisect, AttributesAGateAndConfirmsItLocalOnCuda) {
 TEST(Bisect, GatesDdminGivesAOneMinimalFailingSet) {
   ds4::BisectConfig cfg = tiny_config(12, 5);
   cfg.confirm = false;
-  cfg.gates_ddmin = true;
+  cfg.minimize_gates = true;
   cfg.cand.mode = ds4::RunMode::Batched;
   cfg.cand.gates = ds4::GateSet::parse("all=exact,q8_gemm=fast,moe_tiles=fast,f16_gemm=fast");
   const ds4::BisectResult r = ds4::bisect(cfg);

@@ -1,4 +1,4 @@
-// `ds4-parity gate`: TOML into [config.NAME] tables (harness/PARITY_TOML.md), the parity configuration, the
+// `ds4-parity check`: TOML into [config.NAME] tables (harness/PARITY_TOML.md), the parity configuration, the
 // checks on diff results (bitwise, thresholds, noise-floor relative thresholds), JUnit XML, the
 // command's exit codes, and the checked-in tests/parity.toml.
 #include "ds4/ci_gate.h"
@@ -324,7 +324,7 @@ TEST(CiGateJunit, OneCasePerCheckAndEscaping) {
   rep.checks.push_back({"a<1>.json", "exact", "structural_flips_max", true, "ok"});
   rep.checks.push_back({"b.json", "fast", "kld_mean_max", true, "ok"});
   const std::string x = ds4::junit_xml(rep);
-  EXPECT_TRUE(has(x, "<testsuites name=\"ds4-parity gate\" tests=\"3\" failures=\"1\">"));
+  EXPECT_TRUE(has(x, "<testsuites name=\"ds4-parity check\" tests=\"3\" failures=\"1\">"));
   EXPECT_TRUE(
       has(x, "<testsuite name=\"a&lt;1&gt;.json\" tests=\"2\" failures=\"1\" errors=\"0\">"));
   EXPECT_TRUE(has(x, "<testcase classname=\"parity.exact\" name=\"bitwise\">"));
@@ -339,26 +339,26 @@ TEST(CiGateCommand, ExitCodesAndJunitFile) {
       write_file("cmd_ne.json", result_json("exact", false, "1e-6", 1, "0", 0, 0));
   const std::string junit = test_dir() + "/cmd.xml";
   std::string out;
-  EXPECT_EQ(ds4::gate_command({"--config", cfg, eq, "--junit", junit}, out), 0);
-  EXPECT_TRUE(has(out, "gate: all 2 checks pass")) << out;
+  EXPECT_EQ(ds4::check_command({"--config", cfg, eq, "--junit", junit}, out), 0);
+  EXPECT_TRUE(has(out, "check: all 2 checks pass")) << out;
   EXPECT_TRUE(has(read_text(junit), "failures=\"0\""));
-  EXPECT_EQ(ds4::gate_command({"--config", cfg, eq, ne, "--junit", junit}, out), 1);
+  EXPECT_EQ(ds4::check_command({"--config", cfg, eq, ne, "--junit", junit}, out), 1);
   EXPECT_TRUE(has(out, "FAIL " + ne + " [config.exact] bitwise = true: NOT bit-equal")) << out;
-  EXPECT_TRUE(has(out, "gate: 1 violation in 4 checks")) << out;
+  EXPECT_TRUE(has(out, "check: 1 violation in 4 checks")) << out;
   EXPECT_TRUE(has(read_text(junit), "failures=\"1\""));
   // Bad input throws (exit 2 in the main).
   EXPECT_TRUE(
-      has(error_of([&] { ds4::gate_command({eq}, out); }), "--config parity.toml is required"));
-  EXPECT_TRUE(has(error_of([&] { ds4::gate_command({"--config", cfg}, out); }), "bad flag"));
+      has(error_of([&] { ds4::check_command({eq}, out); }), "--config parity.toml is required"));
+  EXPECT_TRUE(has(error_of([&] { ds4::check_command({"--config", cfg}, out); }), "bad flag"));
   EXPECT_TRUE(has(error_of([&] {
-                    ds4::gate_command({"--config", cfg, test_dir() + "/nope.json"}, out);
+                    ds4::check_command({"--config", cfg, test_dir() + "/nope.json"}, out);
                   }),
                   "cannot read the result file"));
   EXPECT_TRUE(has(error_of([&] {
-                    ds4::gate_command({"--config", cfg, eq, "--bogus"}, out);
+                    ds4::check_command({"--config", cfg, eq, "--bogus"}, out);
                   }),
                   "unknown option"));
-  EXPECT_EQ(ds4::gate_command({"--help"}, out), 0);
+  EXPECT_EQ(ds4::check_command({"--help"}, out), 0);
 }
 
 }  // namespace

@@ -474,7 +474,7 @@ TEST(DiffTinyModel, StrictBatchedEqualsPlainAndPassesTheGate) {
             0)
       << out;
   EXPECT_NE(out.find("result: BIT-EQUAL"), std::string::npos) << out;
-  EXPECT_EQ(ds4::gate_command({"--config", exact_config(), json}, out), 0) << out;
+  EXPECT_EQ(ds4::check_command({"--config", exact_config(), json}, out), 0) << out;
 }
 
 TEST(DiffTinyModel, PlantedFaultIsFoundWhereItWasPlanted) {
@@ -496,7 +496,7 @@ TEST(DiffTinyModel, PlantedFaultIsFoundWhereItWasPlanted) {
   EXPECT_EQ(ds4::diff_command(
                 {tiny_dump("plain"), tiny_dump("fault"), "--json", json, "--label", "exact"}, out),
             1);
-  EXPECT_EQ(ds4::gate_command({"--config", exact_config(), json}, out), 1) << out;
+  EXPECT_EQ(ds4::check_command({"--config", exact_config(), json}, out), 1) << out;
   EXPECT_NE(out.find("FAIL "), std::string::npos);
   EXPECT_NE(out.find("first bit divergence at position 40, layer 2 'attn_out'"), std::string::npos)
       << out;
@@ -513,7 +513,7 @@ TEST(DiffTinyModel, AllFastDiffersAndFailsTheGate) {
   ASSERT_TRUE(r.first_bit.found());
   EXPECT_NE(r.first_bit.variant_a, r.first_bit.variant_b);  // a fast variant produced it
   EXPECT_GT(r.logits.stats.max_abs, 0.0);
-  EXPECT_EQ(ds4::gate_command({"--config", exact_config(), json}, out), 1) << out;
+  EXPECT_EQ(ds4::check_command({"--config", exact_config(), json}, out), 1) << out;
 }
 
 }  // namespace

@@ -18,7 +18,7 @@
 //     the error itself, from the reference's input;
 //   - it diverges later or not at all                                 -> PROPAGATED: with
 //     reference inputs the op reproduces the reference; the candidate's difference there comes
-//     from other gates acting together with g (use --gates for the minimal failing set);
+//     from other gates acting together with g (use --minimize-gates for the minimal failing set);
 //   - it diverges earlier: g acts earlier than the candidate showed (reported as such).
 // When the differing tap's variant is not a gated kernel (the divergent op is untapped and its
 // output first shows in a later tap, e.g. l_out), each gate the candidate runs differently is
@@ -26,7 +26,7 @@
 // injector, recorded in the candidate's manifest) is confirmed by rerunning without it: the point
 // must disappear.
 //
-// --gates: ddmin over the gates whose setting differs between reference and candidate, for a
+// --minimize-gates: ddmin over the gates whose setting differs between reference and candidate, for a
 // 1-minimal set that still makes the run differ (runs without any planted fault).
 #pragma once
 #include <cstdint>
@@ -53,7 +53,7 @@ struct BisectConfig {
   bool ref_plain = true;
   GateSet ref_gates = GateSet::all_exact();
   bool confirm = true;
-  bool gates_ddmin = false;
+  bool minimize_gates = false;
   int threads = 0;
   CompareRunOptions compare;
   std::FILE* log = stderr;      // one line per rerun; nullptr: silent

@@ -1,10 +1,12 @@
 // Strict JSON (RFC 8259) for safetensors headers, HF config.json files and report JSON: a small
 // value type whose parse() and dump() are nlohmann-json's (engine/model/json.cpp).
 //
-// Strict means: no comments, no trailing commas, no NaN/Infinity, no leading zeros, no raw
-// control characters in strings, valid UTF-8 and \u escapes (surrogates paired), no duplicate
-// object keys, nesting depth at most 256, and nothing but whitespace after the value. Any defect
-// throws ds4::Error "<what>: invalid JSON at byte <offset>: <reason>".
+// Strict means RFC 8259 as nlohmann checks it (no comments, no trailing commas, no NaN/Infinity,
+// no leading zeros, no raw control characters in strings, valid UTF-8 and \u escapes, nothing but
+// whitespace after the value; a UTF-8 byte-order mark is skipped, a number that underflows reads
+// as 0) plus three rules of ours: no duplicate object keys, nesting depth at most 256, no NUL byte.
+// Any defect throws one ds4::Error line "<what>: invalid JSON: <reason>", the reason being
+// nlohmann's ("parse error at line L, column C: ...") or ours.
 //
 //   ds4::Json cfg = ds4::Json::parse(text, "config.json");
 //   int64_t layers = cfg.at("num_hidden_layers").as_int();

@@ -1,4 +1,4 @@
-// The CI gate: `ds4-parity gate --config parity.toml RESULT.json... [--junit out.xml]`.
+// The CI threshold check: `ds4-parity check --config parity.toml RESULT.json... [--junit out.xml]`.
 // Each RESULT is the JSON of `ds4-parity diff --json --label NAME`; its label picks the table
 // [config.NAME] of the config file, whose keys are thresholds on that result. Every violation is
 // printed plainly; the JUnit XML has one test case per (result, threshold).
@@ -116,6 +116,6 @@ GateReport run_gate(const ParityConfig& config, const std::vector<GateResult>& r
 std::string junit_xml(const GateReport& report);
 
 // The whole command; returns 0 / 1; bad input throws ds4::Error (the main prints it, exit 2).
-int gate_command(const std::vector<std::string>& args, std::string& out);
+int check_command(const std::vector<std::string>& args, std::string& out);
 
 }  // namespace ds4

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace ds4 {
@@ -19,6 +20,9 @@ class ArgParser {
   ArgParser& option(const std::string& name, double* dest, const std::string& help);
   // --name (no value)
   ArgParser& flag(const std::string& name, bool* dest, const std::string& help);
+  // A flag that no longer exists: giving it, with or without a value, is the error
+  // "bad flag: <name> <hint>" (not shown by usage()).
+  ArgParser& retired(const std::string& name, const std::string& hint);
   // Words that are not flags (e.g. input files); `min`/`max` bound their count.
   ArgParser& positionals(std::vector<std::string>* dest, const std::string& help, size_t min = 0,
                          size_t max = SIZE_MAX);
@@ -34,6 +38,7 @@ class ArgParser {
   };
   std::string command_;
   std::vector<Opt> opts_;
+  std::vector<std::pair<std::string, std::string>> retired_;  // name, hint
   std::vector<std::string>* positional_ = nullptr;
   std::string positional_help_;
   size_t pos_min_ = 0, pos_max_ = SIZE_MAX;
