@@ -29,20 +29,20 @@ const char* Session::Impl::hc_mixes(const WeightRef& fn, const Rows& R, std::vec
 std::vector<HcMix> Session::Impl::hc_pre(int il, const char* which, const WeightRef& fn, const Vec& scale,
                                          const Vec& base, const Vec& norm, const Rows& R, std::vector<float>* XN) {
   const int64_t N = R.n, d = hp.n_embd, hcd = static_cast<int64_t>(hp.n_hc) * d;
-  const std::string w = which;
+  const bool attn = std::string(which) == "attn";
   std::vector<float> M;
   const char* v_mix = hc_mixes(fn, R, &M);
-  tap_rows(il, ("hc_" + w + "_mixes").c_str(), R, M, fn.out, v_mix);
+  tap_rows(il, attn ? Tap::hc_attn_mixes : Tap::hc_ffn_mixes, R, M, fn.out, v_mix);
   std::vector<HcMix> mix(N);
   XN->assign(N * d, 0.0f);
   std::vector<float> x(d);
   for (int64_t r = 0; r < N; ++r) {
     mix[r] = hc_split_ref(&M[r * fn.out], hp.n_hc, scale.data(), base.data(), hp.sinkhorn_iters, hp.hc_eps);
     hc_collapse_ref(&R.X[r * hcd], mix[r].pre.data(), hp.n_hc, d, x.data());
-    tap(il, ("hc_" + w + "_pre").c_str(), R.pos0 + r, x.data(), d, "hc_split__ref");
+    tap(il, attn ? Tap::hc_attn_pre : Tap::hc_ffn_pre, R.pos0 + r, x.data(), d, "hc_split__ref");
     rmsnorm_ref(x.data(), norm.data(), &(*XN)[r * d], d, hp.eps);
   }
-  tap_rows(il, (w == "attn" ? "attn_norm" : "ffn_norm"), R, *XN, d, "rmsnorm__ref");
+  tap_rows(il, attn ? Tap::attn_norm : Tap::ffn_norm, R, *XN, d, "rmsnorm__ref");
   return mix;
 }
 
@@ -60,7 +60,7 @@ void Session::Impl::attention_layer(int il, const LayerWeights& L, LayerState& S
   std::vector<float> QR(N * hp.q_lora), Q(N * nh * hd), KV(N * hd);
   const char* v_qa = linear(L.q_a, XN.data(), N, QR.data(), c);
   for (int64_t r = 0; r < N; ++r) rmsnorm_ref(&QR[r * hp.q_lora], L.q_a_norm.data(), &QR[r * hp.q_lora], hp.q_lora, hp.eps);
-  tap_rows(il, "qr_norm", R, QR, hp.q_lora, v_qa);
+  tap_rows(il, Tap::qr_norm, R, QR, hp.q_lora, v_qa);
   const char* v_qb = linear(L.q_b, QR.data(), N, Q.data(), c);
   for (int64_t r = 0; r < N; ++r) {
     for (int h = 0; h < nh; ++h) {
@@ -69,7 +69,7 @@ void Session::Impl::attention_layer(int il, const LayerWeights& L, LayerState& S
       rope_tail_ref(qh, static_cast<int>(hd), n_rot, R.pos0 + r, rp, false);
     }
   }
-  tap_rows(il, "q", R, Q, nh * hd, v_qb);
+  tap_rows(il, Tap::q, R, Q, nh * hd, v_qb);
 
   // KV path: one shared row per token, with the profile's storage numerics.
   const char* v_kv = linear(L.kv, XN.data(), N, KV.data(), c);
@@ -82,10 +82,12 @@ void Session::Impl::attention_layer(int il, const LayerWeights& L, LayerState& S
       round_f16_inplace(kv, hd);
     }
   }
-  tap_rows(il, "kv", R, KV, hd, v_kv);
+  tap_rows(il, Tap::kv, R, KV, hd, v_kv);
 
   // Compressor and indexer projections (row-independent).
   std::vector<float> CA, CG, IA, IG, QI, WI;
+  const char* v_qi = nullptr;
+  const char* v_wi = nullptr;
   if (L.ratio != 0) {
     CA.resize(N * L.comp_kv.out);
     CG.resize(N * L.comp_gate.out);
@@ -99,8 +101,8 @@ void Session::Impl::attention_layer(int il, const LayerWeights& L, LayerState& S
     WI.resize(N * L.idx_proj.out);
     linear(L.idx_comp_kv, XN.data(), N, IA.data(), c);
     linear(L.idx_comp_gate, XN.data(), N, IG.data(), c);
-    linear(L.idx_q_b, QR.data(), N, QI.data(), c);
-    linear(L.idx_proj, XN.data(), N, WI.data(), c);
+    v_qi = linear(L.idx_q_b, QR.data(), N, QI.data(), c);
+    v_wi = linear(L.idx_proj, XN.data(), N, WI.data(), c);
   }
 
   // Sequential part: caches, selection, attention, inverse RoPE.
@@ -113,10 +115,10 @@ void Session::Impl::attention_layer(int il, const LayerWeights& L, LayerState& S
     if (L.ratio == 4) compress_row(il, L, S, true, &IA[r * L.idx_comp_kv.out], &IG[r * L.idx_comp_gate.out], p);
     float* o = &O[r * nh * hd];
     const char* v_att = attend_row(il, L, S, c, &Q[r * nh * hd], L.ratio == 4 ? &QI[r * L.idx_q_b.out] : nullptr,
-                                   L.ratio == 4 ? &WI[r * L.idx_proj.out] : nullptr, p, batch_final_rows, o);
-    tap(il, "kqv_out", p, o, nh * hd, v_att);
+                                   L.ratio == 4 ? &WI[r * L.idx_proj.out] : nullptr, v_qi, v_wi, p, batch_final_rows, o);
+    tap(il, Tap::kqv_out, p, o, nh * hd, v_att);
     for (int h = 0; h < nh; ++h) rope_tail_ref(o + h * hd, static_cast<int>(hd), n_rot, p, rp, true);
-    tap(il, "attn_derope", p, o, nh * hd, v_att);
+    tap(il, Tap::attn_derope, p, o, nh * hd, v_att);
   }
 
   // Grouped output LoRA: u_g = A_g concat(o of group g's heads); y = B concat(u).
@@ -137,14 +139,14 @@ void Session::Impl::attention_layer(int il, const LayerWeights& L, LayerState& S
     for (int64_t r = 0; r < N; ++r)
       std::memcpy(&U[r * u_width + g * o_lora], &Ug[r * o_lora], o_lora * sizeof(float));
   }
-  tap_rows(il, "attn_wo_a", R, U, u_width, v_outa);
+  tap_rows(il, Tap::attn_wo_a, R, U, u_width, v_outa);
   const char* v_outb = linear(L.out_b, U.data(), N, Y.data(), c);
-  tap_rows(il, "attn_out", R, Y, d, v_outb);
+  tap_rows(il, Tap::attn_out, R, Y, d, v_outb);
   std::vector<float> Xn(hcd);
   for (int64_t r = 0; r < N; ++r) {
     hc_post_ref(&R.X[r * hcd], &Y[r * d], mix[r], hp.n_hc, d, Xn.data());
     std::memcpy(&R.X[r * hcd], Xn.data(), hcd * sizeof(float));
-    tap(il, "hc_attn_post", R.pos0 + r, Xn.data(), hcd, "hc_post__ref");
+    tap(il, Tap::hc_attn_post, R.pos0 + r, Xn.data(), hcd, "hc_post__ref");
   }
 }
 
@@ -169,15 +171,15 @@ void Session::Impl::compress_row(int il, const LayerWeights& L, LayerState& S, b
     }
     round_f16_inplace(row.data(), C.head_dim);
   }
-  const char* name = indexer ? "lid_state_compress" : (L.ratio == 4 ? "csa_state_compress" : "hca_state_compress");
+  const Tap name = indexer ? Tap::lid_state_compress : (L.ratio == 4 ? Tap::csa_state_compress : Tap::hca_state_compress);
   tap(il, name, p, row.data(), row.size(), "compressor_pool__ref");
   (indexer ? S.idx_rows : S.comp_rows).insert((indexer ? S.idx_rows : S.comp_rows).end(), row.begin(), row.end());
 }
 
 // Selection and attention of one row. Returns the attention variant used.
 const char* Session::Impl::attend_row(int il, const LayerWeights& L, LayerState& S, const ExecCtx& c,
-                                      const float* q, const float* qi_in, float* wi, int64_t p,
-                                      int64_t batch_final_rows, float* o) {
+                                      const float* q, const float* qi_in, float* wi, const char* v_qi,
+                                      const char* v_wi, int64_t p, int64_t batch_final_rows, float* o) {
   const int64_t hd = hp.head_dim;
   const int nh = static_cast<int>(hp.n_head);
   std::vector<const float*> rows;
@@ -193,7 +195,7 @@ const char* Session::Impl::attend_row(int il, const LayerWeights& L, LayerState&
     const int64_t deciding = batchwide ? batch_final_rows : n_comp;
     indexed = deciding > static_cast<int64_t>(hp.idx_top_k);
     float flag = indexed ? 1.0f : 0.0f;  // 1 = indexed attention, 0 = dense
-    tap(il, "attn_dispatch", p, &flag, 1, gate_info(Gate::dispatch_batchwide).*(batchwide ? &GateInfo::fast_variant : &GateInfo::exact_variant));
+    tap(il, Tap::attn_dispatch, p, &flag, 1, gate_info(Gate::dispatch_batchwide).*(batchwide ? &GateInfo::fast_variant : &GateInfo::exact_variant));
   }
   if (indexed) {
     const int ihd = static_cast<int>(hp.idx_head_dim), nih = static_cast<int>(hp.n_idx_head);
@@ -206,8 +208,9 @@ const char* Session::Impl::attend_row(int il, const LayerWeights& L, LayerState&
         fp4_roundtrip_ref(qh, ihd);
       }
     }
-    tap(il, "lid_q", p, qi.data(), qi.size(), "ref");
-    tap(il, "lid_weights", p, wi, nih, "ref");
+    // Provenance: the projection that produced them (idx_q_b, idx_proj), as for `q`.
+    tap(il, Tap::lid_q, p, qi.data(), qi.size(), v_qi);
+    tap(il, Tap::lid_weights, p, wi, nih, v_wi);
     const char* v_score = "indexer_scores__direct_one";
     if (c.fast(Gate::indexer_wmma)) {
       indexer_scores_wmma(qi.data(), nih, ihd, wi, S.idx_rows.data(), n_comp, scores.data());
@@ -218,7 +221,7 @@ const char* Session::Impl::attend_row(int il, const LayerWeights& L, LayerState&
     } else {
       indexer_scores_ref(qi.data(), nih, ihd, wi, S.idx_rows.data(), n_comp, scores.data());
     }
-    tap(il, "lid_score", p, scores.data(), scores.size(), v_score);
+    tap(il, Tap::lid_score, p, scores.data(), scores.size(), v_score);
     std::vector<int32_t> sel;
     if (opt.topk_ties == TopkTies::TorchCpu) {
       sel = topk_torch_cpu_ref(scores.data(), n_comp, hp.idx_top_k, opt.torch_queue_len);
@@ -229,7 +232,10 @@ const char* Session::Impl::attend_row(int il, const LayerWeights& L, LayerState&
     }
     if (*taps) {
       std::vector<float> ids(sel.begin(), sel.end());
-      tap(il, "lid_top_k", p, ids.data(), ids.size(), c.fast(Gate::topk_resort) ? "topk__resort_ascending" : "topk__score_order");
+      const char* v_topk = opt.topk_ties == TopkTies::TorchCpu ? "topk__torch_cpu_host"
+                           : c.fast(Gate::topk_resort)         ? "topk__resort_ascending"
+                                                               : "topk__score_order";
+      tap(il, Tap::lid_top_k, p, ids.data(), ids.size(), v_topk);
     }
     for (int32_t s : sel) rows.push_back(&S.comp_rows[static_cast<size_t>(s) * hd]);
   } else {

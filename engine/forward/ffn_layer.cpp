@@ -19,18 +19,18 @@ void Session::Impl::ffn_layer(int il, const LayerWeights& L, Rows& R, float clam
   const int n_exp = static_cast<int>(hp.n_expert), n_used = static_cast<int>(hp.n_expert_used);
   std::vector<float> logits(N * n_exp), probs(N * n_exp);
   const char* v_router = linear(L.router, XN.data(), N, logits.data(), c);
-  tap_rows(il, "ffn_moe_logits", R, logits, n_exp, v_router);
+  tap_rows(il, Tap::ffn_moe_logits, R, logits, n_exp, v_router);
   std::vector<Routing> routing(N);
   for (int64_t r = 0; r < N; ++r) {
     router_probs_ref(&logits[r * n_exp], n_exp, &probs[r * n_exp]);
-    tap(il, "ffn_moe_probs", R.pos0 + r, &probs[r * n_exp], n_exp, "router__ref");
+    tap(il, Tap::ffn_moe_probs, R.pos0 + r, &probs[r * n_exp], n_exp, "router__ref");
     const int32_t* hash_ids = L.hash ? &L.tid2eid[static_cast<size_t>(R.tokens[r]) * n_used] : nullptr;
     routing[r] = route_ref(&probs[r * n_exp], L.router_bias.empty() ? nullptr : L.router_bias.data(), n_exp, n_used,
                            hash_ids, hp.expert_norm, hp.expert_scale);
     if (*taps) {
       std::vector<float> ids(routing[r].experts.begin(), routing[r].experts.end());
-      tap(il, "ffn_moe_topk", R.pos0 + r, ids.data(), ids.size(), "router__ref");
-      tap(il, "ffn_moe_weights_scaled", R.pos0 + r, routing[r].weights.data(), routing[r].weights.size(), "router__ref");
+      tap(il, Tap::ffn_moe_topk, R.pos0 + r, ids.data(), ids.size(), "router__ref");
+      tap(il, Tap::ffn_moe_weights_scaled, R.pos0 + r, routing[r].weights.data(), routing[r].weights.size(), "router__ref");
     }
   }
 
@@ -50,7 +50,7 @@ void Session::Impl::ffn_layer(int il, const LayerWeights& L, Rows& R, float clam
       }
     }
   }
-  tap_rows(il, "ffn_moe_out", R, Y, d, v_moe);
+  tap_rows(il, Tap::ffn_moe_out, R, Y, d, v_moe);
 
   // Shared expert: gate/up pair, SwiGLU, down.
   if (L.gate_sh) {
@@ -67,17 +67,17 @@ void Session::Impl::ffn_layer(int il, const LayerWeights& L, Rows& R, float clam
     }
     swiglu_clamped_ref(G.data(), Uu.data(), H.data(), N * ff, clamp_sh);
     const GateInfo& pair = gate_info(Gate::q8_pair);
-    tap_rows(il, "ffn_shexp_swiglu", R, H, ff, c.fast(Gate::q8_pair) ? pair.fast_variant : pair.exact_variant);
+    tap_rows(il, Tap::ffn_shexp_swiglu, R, H, ff, c.fast(Gate::q8_pair) ? pair.fast_variant : pair.exact_variant);
     const char* v_down = linear(L.down_sh, H.data(), N, S.data(), c);
-    tap_rows(il, "ffn_shexp", R, S, d, v_down);
+    tap_rows(il, Tap::ffn_shexp, R, S, d, v_down);
     for (int64_t i = 0; i < N * d; ++i) Y[i] += S[i];
   }
-  tap_rows(il, "ffn_out", R, Y, d, "add__ref");
+  tap_rows(il, Tap::ffn_out, R, Y, d, "add__ref");
   std::vector<float> Xn(hcd);
   for (int64_t r = 0; r < N; ++r) {
     hc_post_ref(&R.X[r * hcd], &Y[r * d], mix[r], hp.n_hc, d, Xn.data());
     std::memcpy(&R.X[r * hcd], Xn.data(), hcd * sizeof(float));
-    tap(il, "l_out", R.pos0 + r, Xn.data(), hcd, "hc_post__ref");
+    tap(il, Tap::l_out, R.pos0 + r, Xn.data(), hcd, "hc_post__ref");
   }
 }
 
@@ -90,12 +90,12 @@ void Session::Impl::output_head(const Rows& R, const WeightRef& hc_fn, const Vec
     const std::vector<float> wts = hc_head_weights_ref(&M[r * hc_fn.out], hp.n_hc, hc_scale[0], hc_base.data(), hp.hc_eps);
     hc_collapse_ref(&R.X[r * hcd], wts.data(), hp.n_hc, d, &E[r * d]);
   }
-  tap_rows(tap_layer, "result_hc", R, E, d, v_mix);
+  tap_rows(tap_layer, Tap::result_hc, R, E, d, v_mix);
   for (int64_t r = 0; r < N; ++r) rmsnorm_ref(&E[r * d], norm.data(), &E[r * d], d, hp.eps);
-  tap_rows(tap_layer, "result_norm", R, E, d, "rmsnorm__ref");
+  tap_rows(tap_layer, Tap::result_norm, R, E, d, "rmsnorm__ref");
   const char* v_out = linear(w.output, E.data(), N, logits, ctx(N), Gate::output_head_preq);
   if (*taps)
-    for (int64_t r = 0; r < N; ++r) tap(tap_layer, "result_output", R.pos0 + r, logits + r * hp.n_vocab, hp.n_vocab, v_out);
+    for (int64_t r = 0; r < N; ++r) tap(tap_layer, Tap::result_output, R.pos0 + r, logits + r * hp.n_vocab, hp.n_vocab, v_out);
 }
 
 }  // namespace ds4

@@ -7,6 +7,7 @@
 #include "backend/cpu/thread_pool.h"
 #include "ds4/engine.h"
 #include "ds4/gates.h"
+#include "ds4/tap_list.h"
 #include "forward/exec.h"
 #include "forward/state.h"
 #include "forward/weights.h"
@@ -51,17 +52,18 @@ struct Session::Impl {
 
   // A tap point. `data` is the live buffer that feeds the rest of the forward: the fault injector
   // (a negative control, off by default) perturbs it in place before the sink sees it. With no
-  // sink and no fault this costs one branch.
-  void tap(int layer, const char* name, int64_t pos, float* data, size_t n, const char* variant) {
+  // sink and no fault this costs one branch. Names come from engine/taps.def (enum Tap), variants
+  // from engine/variants.def (tests/unit/tap_list_test.cpp checks both).
+  void tap(int layer, Tap t, int64_t pos, float* data, size_t n, const char* variant) {
     if (!*taps && !opt.fault.enabled) return;
+    const char* name = tap_name(t);
     if (opt.fault.enabled) inject_fault(layer, name, pos, data, n);
     if (*taps) (*taps)->tap(layer, name, pos, data, n, variant);
   }
   // Taps every row of a row-major [n_rows][width] block.
-  void tap_rows(int layer, const char* name, const Rows& R, std::vector<float>& m, size_t width,
-                const char* variant) {
+  void tap_rows(int layer, Tap t, const Rows& R, std::vector<float>& m, size_t width, const char* variant) {
     if (!*taps && !opt.fault.enabled) return;
-    for (int64_t r = 0; r < R.n; ++r) tap(layer, name, R.pos0 + r, &m[r * width], width, variant);
+    for (int64_t r = 0; r < R.n; ++r) tap(layer, t, R.pos0 + r, &m[r * width], width, variant);
   }
   void inject_fault(int layer, const char* name, int64_t pos, float* data, size_t n);
 
@@ -84,7 +86,8 @@ struct Session::Impl {
   void compress_row(int il, const LayerWeights& L, LayerState& S, bool indexer, const float* a, const float* g,
                     int64_t p);
   const char* attend_row(int il, const LayerWeights& L, LayerState& S, const ExecCtx& c, const float* q,
-                         const float* qi, float* wi, int64_t p, int64_t batch_final_rows, float* o);
+                         const float* qi, float* wi, const char* v_qi, const char* v_wi, int64_t p,
+                         int64_t batch_final_rows, float* o);
 };
 
 }  // namespace ds4
