@@ -24,6 +24,7 @@ struct TapFilterFlags {
 };
 
 int cmd_gates(const std::vector<std::string>& args);
+int cmd_taps(const std::vector<std::string>& args);
 int cmd_run(const std::vector<std::string>& args);
 int cmd_diff(const std::vector<std::string>& args);
 int cmd_check(const std::vector<std::string>& args);

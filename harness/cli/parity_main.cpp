@@ -16,6 +16,7 @@ struct Subcommand {
 
 const Subcommand kCommands[] = {
     {"gates", "list the gates (gates.def): id, family, backends, fast and exact variants", ds4::cmd_gates},
+    {"taps", "list the tap names (taps.def) in dataflow order; --variants: the variant names (variants.def)", ds4::cmd_taps},
     {"run", "run a model plain / batched / verify and dump taps to HDF5", ds4::cmd_run},
     {"diff", "compare two dumps: first divergence, worst taps, growth, logits, routing; JSON", ds4::cmd_diff},
     {"check", "check diff results against parity.toml thresholds; JUnit XML", ds4::cmd_check},
