@@ -12,10 +12,12 @@
 //                   4096 - (N-1-t)/4 rows (causal, the last N positions of the context).
 //   topk            topk__score_order (exact) vs topk__resort_ascending: k = 512 of 4096 scores
 //                   (random normal, same visibility as indexer_scores).
-//   moe             moe__decode_lut (exact) vs moe__expert_tiles (fast): d 4096, ff 2048, 256
-//                   experts, top-6 routing uniform without repeats per token; random IQ2_XXS
-//                   gate/up and Q2_K down bytes for all 256 experts (f16 scales fixed, so finite),
-//                   as tests/unit/cuda_ops_test.cpp builds them; mid kept in scratch.
+//   moe             moe__decode_lut (exact) vs moe__sorted_exact (exact, batched) vs
+//                   moe__expert_tiles (fast): d 4096, ff 2048, 256 experts, top-6 routing
+//                   uniform without repeats per token; random IQ2_XXS gate/up and Q2_K down bytes
+//                   for all 256 experts (f16 scales fixed, so finite), as
+//                   tests/unit/cuda_ops_test.cpp builds them; mid kept in scratch.
+//   moe_q4k         the same three variants and routing with Q4_K gate/up/down (the Q4_K model).
 // Names: <pair>/<variant>/N:<n>. Raw rows of token t are rows t .. t+127 of a pool of N+127 rows
 // (a sliding window over the batch), so the batch reads N+127 distinct raw rows.
 //
@@ -79,7 +81,8 @@ constexpr int kExpert = 256, kUsed = 6;
 constexpr int64_t kD = 4096, kFf = 2048;
 constexpr int64_t kIq2RowBytes = kD / 256 * 66;   // gate/up row (d values), IQ2_XXS
 constexpr int64_t kQ2kRowBytes = kFf / 256 * 84;  // down row (ff values), Q2_K
-constexpr int64_t kExpertBytes = 2 * kFf * kIq2RowBytes + kD * kQ2kRowBytes;
+constexpr int64_t kQ4kGuRowBytes = kD / 256 * 144;   // gate/up row, Q4_K (moe_q4k)
+constexpr int64_t kQ4kDownRowBytes = kFf / 256 * 144;  // down row, Q4_K (moe_q4k)
 
 struct Cost {
   double bytes = 0, flops = 0;
@@ -206,17 +209,29 @@ struct IndexerProblem {
   }
 };
 
+// IQ2_XXS gate/up + Q2_K down (the Flash GGUF), or with q4k Q4_K for all three (moe_q4k).
 struct MoeProblem {
+  bool q4k = false;
+  int64_t expert_bytes = 0;
   cuda::DeviceBuffer gate, up, down, grid, x, experts, weights, y, scratch;
   std::vector<int32_t> host_experts;  // (kMaxN, kUsed)
 
-  MoeProblem()
-      : gate(static_cast<size_t>(kExpert) * kFf * kIq2RowBytes),
+  explicit MoeProblem(bool q4k_ = false)
+      : q4k(q4k_),
+        expert_bytes(2 * kFf * (q4k ? kQ4kGuRowBytes : kIq2RowBytes) +
+                     kD * (q4k ? kQ4kDownRowBytes : kQ2kRowBytes)),
+        gate(static_cast<size_t>(kExpert) * kFf * (q4k ? kQ4kGuRowBytes : kIq2RowBytes)),
         up(gate.size()),
-        down(static_cast<size_t>(kExpert) * kD * kQ2kRowBytes) {
-    fill_random_blocks(gate, 66, 0, -1, 2e-3f, 21);
-    fill_random_blocks(up, 66, 0, -1, 2e-3f, 22);
-    fill_random_blocks(down, 84, 80, 82, 1e-3f, 23);
+        down(static_cast<size_t>(kExpert) * kD * (q4k ? kQ4kDownRowBytes : kQ2kRowBytes)) {
+    if (q4k) {  // d scales as tests/unit/cuda_ops_test.cpp's Q4_K experts
+      fill_random_blocks(gate, 144, 0, 2, 2e-4f, 21);
+      fill_random_blocks(up, 144, 0, 2, 2e-4f, 22);
+      fill_random_blocks(down, 144, 0, 2, 1e-4f, 23);
+    } else {
+      fill_random_blocks(gate, 66, 0, -1, 2e-3f, 21);
+      fill_random_blocks(up, 66, 0, -1, 2e-3f, 22);
+      fill_random_blocks(down, 84, 80, 82, 1e-3f, 23);
+    }
     grid = to_device(std::vector<uint64_t>(quant_detail::kIq2xxsGrid,
                                            quant_detail::kIq2xxsGrid + 256));
     std::mt19937 g(24);
@@ -236,8 +251,9 @@ struct MoeProblem {
     weights = to_device(wts);
     x = to_device(normals(static_cast<size_t>(kMaxN) * kD, 1.0f, 25));
     y = cuda::DeviceBuffer(x.size());
-    scratch = cuda::DeviceBuffer(std::max(scratch_bytes(kMaxN, cuda::MoeVariant::decode_lut),
-                                          scratch_bytes(kMaxN, cuda::MoeVariant::expert_tiles)));
+    scratch = cuda::DeviceBuffer(std::max({scratch_bytes(kMaxN, cuda::MoeVariant::decode_lut),
+                                           scratch_bytes(kMaxN, cuda::MoeVariant::expert_tiles),
+                                           scratch_bytes(kMaxN, cuda::MoeVariant::sorted_exact)}));
   }
 
   static size_t scratch_bytes(int64_t n, cuda::MoeVariant v) {
@@ -248,7 +264,7 @@ struct MoeProblem {
   }
   Cost cost(int64_t n) const {
     const double act = 2.0 * n * kD * 4 + n * kUsed * 8.0;
-    return {static_cast<double>(distinct_experts(n)) * kExpertBytes + act,
+    return {static_cast<double>(distinct_experts(n)) * expert_bytes + act,
             2.0 * n * kUsed * 3 * kD * kFf};
   }
 
@@ -257,6 +273,8 @@ struct MoeProblem {
     a.gate = gate.get();
     a.up = up.get();
     a.down = down.get();
+    a.gate_up_type = q4k ? cuda::ExpertType::q4_k : cuda::ExpertType::iq2_xxs;
+    a.down_type = q4k ? cuda::ExpertType::q4_k : cuda::ExpertType::q2_k;
     a.x = x.as<float>();
     a.experts = experts.as<int32_t>();
     a.weights = weights.as<float>();
@@ -374,11 +392,16 @@ void bm_topk(benchmark::State& state, cuda::TopkVariant v) {
   });
 }
 
-void bm_moe(benchmark::State& state, cuda::MoeVariant v) {
+struct MoeProblemQ4K : MoeProblem {
+  MoeProblemQ4K() : MoeProblem(true) {}
+};
+
+void bm_moe(benchmark::State& state, cuda::MoeVariant v, bool q4k) {
   guarded(state, [&] {
     const int64_t n = state.range(0);
-    const MoeProblem& p = lazy<MoeProblem>();
-    state.SetLabel("e256 top6 d4096 ff2048 iq2_xxs/q2_k");
+    const MoeProblem& p = q4k ? static_cast<const MoeProblem&>(lazy<MoeProblemQ4K>())
+                              : lazy<MoeProblem>();
+    state.SetLabel(q4k ? "e256 top6 d4096 ff2048 q4_k/q4_k" : "e256 top6 d4096 ff2048 iq2_xxs/q2_k");
     state.counters["experts"] = static_cast<double>(p.distinct_experts(n));
     state.counters["scratch_MB"] = static_cast<double>(MoeProblem::scratch_bytes(n, v)) / 1048576.0;
     timed_loop(state, p.cost(n), n, [&] { p.run(n, v); });
@@ -414,8 +437,10 @@ void register_all() {
     register_pair("indexer_scores", cuda::variant_name(v), bm_indexer, v);
   for (T v : {T::score_order, T::resort_ascending})
     register_pair("topk", cuda::variant_name(v), bm_topk, v);
-  for (M v : {M::decode_lut, M::expert_tiles})
-    register_pair("moe", cuda::variant_name(v), bm_moe, v);
+  for (M v : {M::decode_lut, M::sorted_exact, M::expert_tiles})
+    register_pair("moe", cuda::variant_name(v), bm_moe, v, false);
+  for (M v : {M::decode_lut, M::sorted_exact, M::expert_tiles})
+    register_pair("moe_q4k", cuda::variant_name(v), bm_moe, v, true);
 }
 
 }  // namespace

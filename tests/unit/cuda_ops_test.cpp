@@ -138,6 +138,11 @@ constexpr Tier kTiers[] = {
     {"moe__decode_lut", TierKind::Nmse, 1e-6, "expert_ffn_ref x slots, slot-order sum",
      "bitwise unless a mid ulp changes its Q8_K re-quantisation: a block max moves d by 1 ulp "
      "(NMSE ~1e-14), a flipped int8 costs ~1e-7; 1e-6 admits one flip"},
+    {"moe_mid__sorted_exact", TierKind::Ulp, 4, "expert_ffn_ref (mid)",
+     "decode_lut's per-pair operations (bit-equal to it by construction, checked by CudaOpsExact "
+     "and cuda_moe_test): as moe_mid__decode_lut"},
+    {"moe__sorted_exact", TierKind::Nmse, 1e-6, "expert_ffn_ref x slots, slot-order sum",
+     "decode_lut's per-pair operations and slot-order sum: as moe__decode_lut"},
     {"moe__expert_tiles", TierKind::Nmse, 1e-9, "moe_expert_tiles",
      "F32 dots of 4096/2048 terms in lane order vs Eigen's: ~1e-6 relative per dot, NMSE "
      "~1e-12; 1e-9 leaves margin"},
@@ -1107,6 +1112,8 @@ void add_compressor(std::vector<Case>& cs) {
 }
 
 // ---- MoE ------------------------------------------------------------------------------------
+// Tier cases here; the bit-level MoE checks (warp dots of every expert type against the CPU dots,
+// moe__sorted_exact memcmp-equal to moe__decode_lut at N up to 300) are in cuda_moe_test.cpp.
 
 std::vector<float> q8k_as_floats(const std::vector<BlockQ8K>& blocks) {
   std::vector<float> o;
@@ -1173,7 +1180,25 @@ struct MoeShape {
   int N, n_expert, n_used;
   int64_t d, ff;
   const char* label;
+  cuda::ExpertType gu = cuda::ExpertType::iq2_xxs;  // gate/up type
+  cuda::ExpertType dn = cuda::ExpertType::q2_k;     // down type
 };
+
+// Per expert type: block bytes, offsets of f16 d and dmin (-1: none), the CPU QType, and a d
+// scale that keeps random blocks at realistic magnitudes (gate/up dots of a few units).
+struct MoeTypeInfo {
+  int bytes, d_off, dmin_off;
+  QType qtype;
+  float gu_scale, down_scale;
+};
+MoeTypeInfo moe_type_info(cuda::ExpertType t) {
+  switch (t) {
+    case cuda::ExpertType::iq2_xxs: return {66, 0, -1, QType::IQ2_XXS, 2e-3f, 2e-3f};
+    case cuda::ExpertType::q2_k: return {84, 80, 82, QType::Q2_K, 2e-3f, 1e-3f};
+    case cuda::ExpertType::q4_k: return {144, 0, 2, QType::Q4_K, 2e-4f, 1e-4f};
+  }
+  fail("moe_type_info: unknown expert type");
+}
 
 // Random expert weights with realistic magnitudes (the block bytes are random, scales set), a
 // routing that reuses a few hot experts (so tiles get several members) and includes expert
@@ -1201,17 +1226,18 @@ struct MoeData {
     w.row_bytes = rb;
     return w;
   }
-  WeightRef gate_ref() const { return ref(gate.get(), QType::IQ2_XXS, s.d, s.ff, rb_gu); }
-  WeightRef up_ref() const { return ref(up.get(), QType::IQ2_XXS, s.d, s.ff, rb_gu); }
-  WeightRef down_ref() const { return ref(down.get(), QType::Q2_K, s.ff, s.d, rb_down); }
+  WeightRef gate_ref() const { return ref(gate.get(), moe_type_info(s.gu).qtype, s.d, s.ff, rb_gu); }
+  WeightRef up_ref() const { return ref(up.get(), moe_type_info(s.gu).qtype, s.d, s.ff, rb_gu); }
+  WeightRef down_ref() const { return ref(down.get(), moe_type_info(s.dn).qtype, s.ff, s.d, rb_down); }
 };
 
 std::shared_ptr<MoeData> make_moe(const MoeShape& s, uint32_t seed) {
   auto m = std::make_shared<MoeData>();
   m->s = s;
   Rng rng(seed);
-  m->rb_gu = static_cast<size_t>(s.d / 256) * 66;
-  m->rb_down = static_cast<size_t>(s.ff / 256) * 84;
+  const MoeTypeInfo gu = moe_type_info(s.gu), dn = moe_type_info(s.dn);
+  m->rb_gu = static_cast<size_t>(s.d / 256) * gu.bytes;
+  m->rb_down = static_cast<size_t>(s.ff / 256) * dn.bytes;
   const size_t gu_bytes = static_cast<size_t>(s.n_expert) * s.ff * m->rb_gu;
   const size_t down_bytes = static_cast<size_t>(s.n_expert) * s.d * m->rb_down;
   m->gate.reset(static_cast<uint8_t*>(std::calloc(gu_bytes, 1)));
@@ -1235,25 +1261,24 @@ std::shared_ptr<MoeData> make_moe(const MoeShape& s, uint32_t seed) {
     }
   }
   std::set<int32_t> used(m->experts.begin(), m->experts.end());
-  auto fill_blocks = [&](uint8_t* p, size_t n_blocks, int block_bytes, int d_off, int dmin_off,
-                         float d_scale) {
+  auto fill_blocks = [&](uint8_t* p, size_t n_blocks, const MoeTypeInfo& t, float d_scale) {
     for (size_t b = 0; b < n_blocks; ++b) {
-      uint8_t* blk = p + b * block_bytes;
-      for (int i = 0; i < block_bytes; ++i) blk[i] = static_cast<uint8_t>(rng.integer(0, 255));
+      uint8_t* blk = p + b * t.bytes;
+      for (int i = 0; i < t.bytes; ++i) blk[i] = static_cast<uint8_t>(rng.integer(0, 255));
       const uint16_t d = f32_to_f16(d_scale * rng.uniform(0.5f, 1.5f));
-      std::memcpy(blk + d_off, &d, 2);
-      if (dmin_off >= 0) {
+      std::memcpy(blk + t.d_off, &d, 2);
+      if (t.dmin_off >= 0) {
         const uint16_t dm = f32_to_f16(0.5f * d_scale * rng.uniform(0.5f, 1.5f));
-        std::memcpy(blk + dmin_off, &dm, 2);
+        std::memcpy(blk + t.dmin_off, &dm, 2);
       }
     }
   };
   const size_t gu_expert = static_cast<size_t>(s.ff) * m->rb_gu;
   const size_t down_expert = static_cast<size_t>(s.d) * m->rb_down;
   for (int32_t e : used) {
-    fill_blocks(m->gate.get() + e * gu_expert, gu_expert / 66, 66, 0, -1, 2e-3f);
-    fill_blocks(m->up.get() + e * gu_expert, gu_expert / 66, 66, 0, -1, 2e-3f);
-    fill_blocks(m->down.get() + e * down_expert, down_expert / 84, 84, 80, 82, 1e-3f);
+    fill_blocks(m->gate.get() + e * gu_expert, gu_expert / gu.bytes, gu, gu.gu_scale);
+    fill_blocks(m->up.get() + e * gu_expert, gu_expert / gu.bytes, gu, gu.gu_scale);
+    fill_blocks(m->down.get() + e * down_expert, down_expert / dn.bytes, dn, dn.down_scale);
   }
   m->x = rng.normals(static_cast<size_t>(s.N) * s.d, 1.0f);
   // Device copies: whole tensors zeroed, used experts uploaded.
@@ -1277,7 +1302,8 @@ std::shared_ptr<MoeData> make_moe(const MoeShape& s, uint32_t seed) {
   m->dgrid = std::make_unique<Dev<uint64_t>>(
       std::vector<uint64_t>(quant_detail::kIq2xxsGrid, quant_detail::kIq2xxsGrid + 256));
   size_t scratch = 0, scratch1 = 0;
-  for (const auto v : {cuda::MoeVariant::decode_lut, cuda::MoeVariant::expert_tiles}) {
+  for (const auto v : {cuda::MoeVariant::decode_lut, cuda::MoeVariant::expert_tiles,
+                       cuda::MoeVariant::sorted_exact}) {
     scratch = std::max(scratch, cuda::moe_scratch_bytes(s.N, s.n_used, s.n_expert, s.d, s.ff, v));
     scratch1 = std::max(scratch1, cuda::moe_scratch_bytes(1, s.n_used, s.n_expert, s.d, s.ff, v));
   }
@@ -1296,6 +1322,8 @@ std::vector<float> run_moe(const MoeData& m, cuda::MoeVariant v, bool per_row, b
     a.gate = m.dgate->p();
     a.up = m.dup->p();
     a.down = m.ddown->p();
+    a.gate_up_type = s.gu;
+    a.down_type = s.dn;
     a.x = m.dx->p() + (per_row ? t * s.d : 0);
     a.experts = m.de->p() + (per_row ? t * s.n_used : 0);
     a.weights = m.dw->p() + (per_row ? t * s.n_used : 0);
@@ -1314,41 +1342,65 @@ std::vector<float> run_moe(const MoeData& m, cuda::MoeVariant v, bool per_row, b
   return want_mid ? m.dmid->get("moe mid") : m.dy->get("moe");
 }
 
+// expert_ffn_ref per (token, slot), slots summed in slot order from 0: y (N, d), or the mids.
+std::vector<float> moe_cpu_slots(const MoeData& m, bool want_mid) {
+  const MoeShape& s = m.s;
+  std::vector<float> Y(static_cast<size_t>(s.N) * s.d, 0.0f), ye(s.d), mids, h;
+  for (int t = 0; t < s.N; ++t) {
+    for (int k = 0; k < s.n_used; ++k) {
+      const int32_t e = m.experts[t * s.n_used + k];
+      expert_ffn_ref(m.gate_ref().expert(e), m.up_ref().expert(e), m.down_ref().expert(e),
+                     &m.x[static_cast<size_t>(t) * s.d], m.weights[t * s.n_used + k],
+                     kSwigluLimit, Profile::Ds4, nullptr, ye.data(), &h);
+      for (int64_t j = 0; j < s.d; ++j) Y[t * s.d + j] += ye[j];
+      mids.insert(mids.end(), h.begin(), h.end());
+    }
+  }
+  return want_mid ? mids : Y;
+}
+
 void add_moe(std::vector<Case>& cs) {
   using V = cuda::MoeVariant;
-  const MoeShape decode[] = {{1, 256, 6, 4096, 2048, "n1_e256_top6_d4096_ff2048"},
-                             {3, 256, 6, 4096, 2048, "n3_e256_top6_d4096_ff2048"},
-                             {2, 8, 2, 256, 256, "n2_e8_top2_d256_ff256_tiny"}};
-  for (const MoeShape s : decode) {
+  using T = cuda::ExpertType;
+  // The exact variants against the CPU; sorted_exact's per-row twin is decode_lut at n_tok = 1
+  // (CudaOpsExact: bit-equal). Types: iq2_xxs/q2_k (the Flash GGUF), q4_k/q4_k (the Q4_K
+  // model), and mixed combinations.
+  struct Ex { V v; MoeShape s; };
+  const Ex exact[] = {
+      {V::decode_lut, {1, 256, 6, 4096, 2048, "n1_e256_top6_d4096_ff2048"}},
+      {V::decode_lut, {3, 256, 6, 4096, 2048, "n3_e256_top6_d4096_ff2048"}},
+      {V::decode_lut, {2, 8, 2, 256, 256, "n2_e8_top2_d256_ff256_tiny"}},
+      {V::decode_lut, {3, 256, 6, 4096, 2048, "n3_e256_top6_d4096_ff2048_q4k_q4k", T::q4_k, T::q4_k}},
+      {V::decode_lut, {2, 8, 2, 1280, 768, "n2_e8_top2_d1280_ff768_iq2_q4k", T::iq2_xxs, T::q4_k}},
+      {V::decode_lut, {2, 8, 2, 1280, 768, "n2_e8_top2_d1280_ff768_q4k_q2k", T::q4_k, T::q2_k}},
+      {V::decode_lut, {2, 8, 2, 1280, 768, "n2_e8_top2_d1280_ff768_q2k_iq2", T::q2_k, T::iq2_xxs}},
+      {V::sorted_exact, {5, 256, 6, 4096, 2048, "n5_e256_top6_d4096_ff2048"}},
+      {V::sorted_exact, {5, 256, 6, 4096, 2048, "n5_e256_top6_d4096_ff2048_q4k_q4k", T::q4_k, T::q4_k}},
+      {V::sorted_exact, {11, 8, 2, 1280, 768, "n11_e8_top2_d1280_ff768_iq2_q4k", T::iq2_xxs, T::q4_k}},
+  };
+  for (const Ex ex : exact) {
+    const MoeShape s = ex.s;
+    const V v = ex.v;
     for (const bool mid : {false, true}) {
-      cs.push_back({mid ? "moe_mid__decode_lut" : "moe__decode_lut", s.label, true, false,
-                    [s, mid](uint32_t seed) {
+      const char* what = !mid                   ? cuda::variant_name(v)
+                         : v == V::decode_lut ? "moe_mid__decode_lut"
+                                              : "moe_mid__sorted_exact";
+      cs.push_back({what, s.label, true, false,
+                    [s, v, mid](uint32_t seed) {
         auto m = make_moe(s, seed);
         Prepared p;
         p.row_len = mid ? s.n_used * s.ff : s.d;
-        p.cpu = [m, s, mid] {
-          std::vector<float> Y(static_cast<size_t>(s.N) * s.d, 0.0f), ye(s.d), mids;
-          std::vector<float> h;
-          for (int t = 0; t < s.N; ++t) {
-            for (int k = 0; k < s.n_used; ++k) {
-              const int32_t e = m->experts[t * s.n_used + k];
-              expert_ffn_ref(m->gate_ref().expert(e), m->up_ref().expert(e), m->down_ref().expert(e),
-                             &m->x[static_cast<size_t>(t) * s.d], m->weights[t * s.n_used + k],
-                             kSwigluLimit, Profile::Ds4, nullptr, ye.data(), &h);
-              for (int64_t j = 0; j < s.d; ++j) Y[t * s.d + j] += ye[j];
-              mids.insert(mids.end(), h.begin(), h.end());
-            }
-          }
-          return mid ? mids : Y;
-        };
-        p.gpu = [m, mid] { return run_moe(*m, V::decode_lut, false, mid); };
+        p.cpu = [m, mid] { return moe_cpu_slots(*m, mid); };
+        p.gpu = [m, v, mid] { return run_moe(*m, v, false, mid); };
         p.gpu_per_row = [m, mid] { return run_moe(*m, V::decode_lut, true, mid); };
         return p;
       }});
     }
   }
   const MoeShape tiles[] = {{4, 256, 6, 4096, 2048, "n4_e256_top6_d4096_ff2048"},
-                            {5, 8, 2, 256, 256, "n5_e8_top2_d256_ff256_tiny"}};
+                            {5, 8, 2, 256, 256, "n5_e8_top2_d256_ff256_tiny"},
+                            {4, 256, 6, 4096, 2048, "n4_e256_top6_d4096_ff2048_q4k_q4k", T::q4_k, T::q4_k},
+                            {5, 8, 2, 1280, 768, "n5_e8_top2_d1280_ff768_q4k_iq2", T::q4_k, T::iq2_xxs}};
   for (const MoeShape s : tiles) {
     cs.push_back({"moe__expert_tiles", s.label, false, true, [s](uint32_t seed) {
       auto m = make_moe(s, seed);

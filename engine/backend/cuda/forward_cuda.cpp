@@ -6,6 +6,7 @@
 #include <cstring>
 #include <cstdlib>
 #include <mutex>
+#include <optional>
 
 #include "backend/cuda/device.h"
 #include "backend/cuda/forward_cuda_impl.h"
@@ -121,13 +122,29 @@ DevMem raw_tensor(const WeightRef& r, const std::string& what, size_t* total) {
   return upload(r.data, bytes, what);
 }
 
-// The routed experts of a layer: the ds4 mix (IQ2_XXS gate/up + Q2_K down) as raw bytes for
+// The raw-bytes expert type of ds4::cuda::moe for a GGUF type, or nothing.
+std::optional<cuda::ExpertType> kquant_type(QType t) {
+  switch (t) {
+    case QType::IQ2_XXS: return cuda::ExpertType::iq2_xxs;
+    case QType::Q2_K: return cuda::ExpertType::q2_k;
+    case QType::Q4_K: return cuda::ExpertType::q4_k;
+    default: return std::nullopt;
+  }
+}
+
+// The routed experts of a layer: a k-quant mix (gate/up one of IQ2_XXS/Q2_K/Q4_K, the same for
+// both, down one of IQ2_XXS/Q2_K/Q4_K: the ds4 mix, the q4_k mix, ...) as raw bytes for
 // ds4::cuda::moe, anything else as one CudaMatrix per expert slice (Q8_0/F16/F32 only: another
-// type, or a mix of ds4 and other types, is a one-line error from cuda_type).
+// type, or a mix of k-quant and other types, is a one-line error from cuda_type).
 void upload_experts(const LayerWeights& L, const std::string& p, DLayer* D, size_t* total) {
-  D->ds4_experts = L.gate_exps.type == QType::IQ2_XXS && L.up_exps.type == QType::IQ2_XXS &&
-                   L.down_exps.type == QType::Q2_K;
-  if (D->ds4_experts) {
+  const auto g = kquant_type(L.gate_exps.type), u = kquant_type(L.up_exps.type), dn = kquant_type(L.down_exps.type);
+  if (g && u && *g != *u)
+    fail("CUDA forward: " + p + "ffn_gate_exps (" + qtype_name(L.gate_exps.type) + ") and " + p + "ffn_up_exps (" +
+         qtype_name(L.up_exps.type) + ") differ in type; the CUDA MoE kernels need one gate/up type");
+  D->kquant_experts = g && u && dn;
+  if (D->kquant_experts) {
+    D->gate_up_type = *g;
+    D->down_type = *dn;
     D->gate_exps = raw_tensor(L.gate_exps, p + "ffn_gate_exps", total);
     D->up_exps = raw_tensor(L.up_exps, p + "ffn_up_exps", total);
     D->down_exps = raw_tensor(L.down_exps, p + "ffn_down_exps", total);
@@ -142,17 +159,18 @@ void upload_experts(const LayerWeights& L, const std::string& p, DLayer* D, size
 }
 
 // Profile::Plain multiplies F32 activations by the weights as stored (matvec_ref: F32 and F16
-// dots; quantised types dequantised row by row). The CUDA kernels for Q8_0 weights and the ds4
-// expert kernels (IQ2_XXS/Q2_K) quantise the activations (Q8_0 / Q8_K), so no CUDA kernel has the
-// plain numerics for them: plain on CUDA runs F32/F16 weights only, and refuses the rest.
+// dots; quantised types dequantised row by row). The CUDA kernels for Q8_0 weights and the
+// k-quant expert kernels (IQ2_XXS/Q2_K/Q4_K) quantise the activations (Q8_0 / Q8_K), so no CUDA
+// kernel has the plain numerics for them: plain on CUDA runs F32/F16 weights only, and refuses
+// the rest (the MTP block's matrices included).
 void check_plain_types(const ModelWeights& w, uint32_t n_layer) {
   auto check = [](const WeightRef& r, const std::string& what) {
     if (r && r.type != QType::F32 && r.type != QType::F16)
       fail("--backend cuda: the plain profile needs F32/F16 weights (its CUDA kernels for " +
            std::string(qtype_name(r.type)) + " quantise the activations); " + what + " is " + qtype_name(r.type));
   };
-  for (uint32_t il = 0; il < n_layer; ++il) {
-    const LayerWeights& L = w.layers[il];
+  for (uint32_t il = 0; il < n_layer + w.mtp.size(); ++il) {
+    const LayerWeights& L = il < n_layer ? w.layers[il] : w.mtp[il - n_layer];
     const std::string p = "blk." + std::to_string(il) + ".";
     const std::pair<const WeightRef*, const char*> mats[] = {
         {&L.hc_attn_fn, "hc_attn_fn"}, {&L.hc_ffn_fn, "hc_ffn_fn"}, {&L.q_a, "attn_q_a"}, {&L.q_b, "attn_q_b"},
@@ -164,9 +182,55 @@ void check_plain_types(const ModelWeights& w, uint32_t n_layer) {
         {&L.down_sh, "ffn_down_shexp"}, {&L.gate_exps, "ffn_gate_exps"}, {&L.up_exps, "ffn_up_exps"},
         {&L.down_exps, "ffn_down_exps"}};
     for (const auto& [r, name] : mats) check(*r, p + name);
+    check(L.eh_proj, p + "nextn.eh_proj");
+    check(L.mtp_hc_fn, p + "nextn.hc_head_fn");
   }
   check(w.output, "output");
   check(w.output_hc_fn, "output_hc_fn");
+}
+
+// One block's device weights (a trunk layer, or the MTP block with its nextn.* tensors).
+DLayer build_layer(const LayerWeights& L, const HParams& hp, const std::string& p, size_t* tot) {
+  DLayer D;
+  D.ratio = L.ratio;
+  D.hc_attn_fn = make_mat(L.hc_attn_fn, 1, p + "hc_attn_fn", tot);
+  D.hc_ffn_fn = make_mat(L.hc_ffn_fn, 1, p + "hc_ffn_fn", tot);
+  D.q_a = make_mat(L.q_a, 1, p + "attn_q_a", tot);
+  D.q_b = make_mat(L.q_b, 1, p + "attn_q_b", tot);
+  D.kv = make_mat(L.kv, 1, p + "attn_kv", tot);
+  D.out_a = make_mat(L.out_a, hp.o_groups, p + "attn_output_a", tot);
+  D.out_b = make_mat(L.out_b, 1, p + "attn_output_b", tot);
+  D.comp_kv = make_mat(L.comp_kv, 1, p + "attn_compressor_kv", tot);
+  D.comp_gate = make_mat(L.comp_gate, 1, p + "attn_compressor_gate", tot);
+  D.idx_q_b = make_mat(L.idx_q_b, 1, p + "indexer.attn_q_b", tot);
+  D.idx_proj = make_mat(L.idx_proj, 1, p + "indexer.proj", tot);
+  D.idx_comp_kv = make_mat(L.idx_comp_kv, 1, p + "indexer_compressor_kv", tot);
+  D.idx_comp_gate = make_mat(L.idx_comp_gate, 1, p + "indexer_compressor_gate", tot);
+  D.router = make_mat(L.router, 1, p + "ffn_gate_inp", tot);
+  D.gate_sh = make_mat(L.gate_sh, 1, p + "ffn_gate_shexp", tot);
+  D.up_sh = make_mat(L.up_sh, 1, p + "ffn_up_shexp", tot);
+  D.down_sh = make_mat(L.down_sh, 1, p + "ffn_down_shexp", tot);
+  D.hc_attn_scale = vec(L.hc_attn_scale, p + "hc_attn_scale");
+  D.hc_attn_base = vec(L.hc_attn_base, p + "hc_attn_base");
+  D.hc_ffn_scale = vec(L.hc_ffn_scale, p + "hc_ffn_scale");
+  D.hc_ffn_base = vec(L.hc_ffn_base, p + "hc_ffn_base");
+  D.attn_norm = vec(L.attn_norm, p + "attn_norm");
+  D.q_a_norm = vec(L.q_a_norm, p + "attn_q_a_norm");
+  D.kv_norm = vec(L.kv_norm, p + "attn_kv_a_norm");
+  D.sinks = vec(L.sinks, p + "attn_sinks");
+  D.ffn_norm = vec(L.ffn_norm, p + "ffn_norm");
+  D.comp_ape = vec(L.comp_ape, p + "attn_compressor_ape");
+  D.comp_norm = vec(L.comp_norm, p + "attn_compressor_norm");
+  D.idx_comp_ape = vec(L.idx_comp_ape, p + "indexer_compressor_ape");
+  D.idx_comp_norm = vec(L.idx_comp_norm, p + "indexer_compressor_norm");
+  upload_experts(L, p, &D, tot);
+  D.eh_proj = make_mat(L.eh_proj, 1, p + "nextn.eh_proj", tot);
+  D.mtp_hc_fn = make_mat(L.mtp_hc_fn, 1, p + "nextn.hc_head_fn", tot);
+  D.enorm = vec(L.enorm, p + "nextn.enorm");
+  D.hnorm = vec(L.hnorm, p + "nextn.hnorm");
+  D.mtp_norm = vec(L.mtp_norm, p + "nextn.shared_head_norm");
+  D.mtp_hc_base = vec(L.mtp_hc_base, p + "nextn.hc_head_base");
+  return D;
 }
 
 std::shared_ptr<DeviceWeights> build_weights(const Model& model) {
@@ -174,44 +238,10 @@ std::shared_ptr<DeviceWeights> build_weights(const Model& model) {
   const ModelWeights& w = model.weights();
   auto dw = std::make_shared<DeviceWeights>();
   size_t& tot = dw->weight_bytes;
-  for (uint32_t il = 0; il < hp.n_layer; ++il) {
-    const LayerWeights& L = w.layers[il];
-    DLayer D;
-    const std::string p = "blk." + std::to_string(il) + ".";
-    D.ratio = L.ratio;
-    D.hc_attn_fn = make_mat(L.hc_attn_fn, 1, p + "hc_attn_fn", &tot);
-    D.hc_ffn_fn = make_mat(L.hc_ffn_fn, 1, p + "hc_ffn_fn", &tot);
-    D.q_a = make_mat(L.q_a, 1, p + "attn_q_a", &tot);
-    D.q_b = make_mat(L.q_b, 1, p + "attn_q_b", &tot);
-    D.kv = make_mat(L.kv, 1, p + "attn_kv", &tot);
-    D.out_a = make_mat(L.out_a, hp.o_groups, p + "attn_output_a", &tot);
-    D.out_b = make_mat(L.out_b, 1, p + "attn_output_b", &tot);
-    D.comp_kv = make_mat(L.comp_kv, 1, p + "attn_compressor_kv", &tot);
-    D.comp_gate = make_mat(L.comp_gate, 1, p + "attn_compressor_gate", &tot);
-    D.idx_q_b = make_mat(L.idx_q_b, 1, p + "indexer.attn_q_b", &tot);
-    D.idx_proj = make_mat(L.idx_proj, 1, p + "indexer.proj", &tot);
-    D.idx_comp_kv = make_mat(L.idx_comp_kv, 1, p + "indexer_compressor_kv", &tot);
-    D.idx_comp_gate = make_mat(L.idx_comp_gate, 1, p + "indexer_compressor_gate", &tot);
-    D.router = make_mat(L.router, 1, p + "ffn_gate_inp", &tot);
-    D.gate_sh = make_mat(L.gate_sh, 1, p + "ffn_gate_shexp", &tot);
-    D.up_sh = make_mat(L.up_sh, 1, p + "ffn_up_shexp", &tot);
-    D.down_sh = make_mat(L.down_sh, 1, p + "ffn_down_shexp", &tot);
-    D.hc_attn_scale = vec(L.hc_attn_scale, p + "hc_attn_scale");
-    D.hc_attn_base = vec(L.hc_attn_base, p + "hc_attn_base");
-    D.hc_ffn_scale = vec(L.hc_ffn_scale, p + "hc_ffn_scale");
-    D.hc_ffn_base = vec(L.hc_ffn_base, p + "hc_ffn_base");
-    D.attn_norm = vec(L.attn_norm, p + "attn_norm");
-    D.q_a_norm = vec(L.q_a_norm, p + "attn_q_a_norm");
-    D.kv_norm = vec(L.kv_norm, p + "attn_kv_a_norm");
-    D.sinks = vec(L.sinks, p + "attn_sinks");
-    D.ffn_norm = vec(L.ffn_norm, p + "ffn_norm");
-    D.comp_ape = vec(L.comp_ape, p + "attn_compressor_ape");
-    D.comp_norm = vec(L.comp_norm, p + "attn_compressor_norm");
-    D.idx_comp_ape = vec(L.idx_comp_ape, p + "indexer_compressor_ape");
-    D.idx_comp_norm = vec(L.idx_comp_norm, p + "indexer_compressor_norm");
-    upload_experts(L, p, &D, &tot);
-    dw->layers.push_back(std::move(D));
-  }
+  for (uint32_t il = 0; il < hp.n_layer; ++il)
+    dw->layers.push_back(build_layer(w.layers[il], hp, "blk." + std::to_string(il) + ".", &tot));
+  for (uint32_t m = 0; m < w.mtp.size(); ++m)
+    dw->mtp.push_back(build_layer(w.mtp[m], hp, "blk." + std::to_string(hp.n_layer + m) + ".", &tot));
   dw->output = make_mat(w.output, 1, "output", &tot);
   dw->output_hc_fn = make_mat(w.output_hc_fn, 1, "output_hc_fn", &tot);
   dw->output_hc_base = vec(w.output_hc_base, "output_hc_base");
@@ -270,37 +300,41 @@ Impl::Impl(std::shared_ptr<const Model> model, const SessionOptions& opt, TapSin
   set_mem_limit(cuda_forward_mem_limit_bytes());
   dw_ = device_weights_for(model_);
   ring_rows_ = hp.window + chunk_;
-  const int64_t hd = hp.head_dim, ihd = hp.idx_head_dim;
-  for (uint32_t il = 0; il < hp.n_layer; ++il) {
-    const uint32_t ratio = hp.ratios[il];
-    DLayerState S;
-    const std::string p = "layer " + std::to_string(il) + " ";
-    S.comp_cap = ratio ? opt_.max_ctx / ratio + 1 : 0;
-    S.pool = DevMem(static_cast<size_t>(ring_rows_ + S.comp_cap) * hd * 4, p + "KV cache");
-    if (ratio != 0) {
-      S.comp.ratio = static_cast<int>(ratio);
-      S.comp.head_dim = static_cast<int>(hd);
-      const size_t b = static_cast<size_t>(S.comp.rows()) * S.comp.width() * 4;
-      S.comp_kv = DevMem(b, p + "compressor state");
-      S.comp_score = DevMem(b, p + "compressor state");
-      S.comp.kv = S.comp_kv.f();
-      S.comp.score = S.comp_score.f();
-    }
-    if (ratio == 4) {
-      S.idx_cap = opt_.max_ctx / 4 + 1;
-      S.idx_rows = DevMem(static_cast<size_t>(S.idx_cap) * ihd * 4, p + "indexer cache");
-      S.idx_comp.ratio = 4;
-      S.idx_comp.head_dim = static_cast<int>(ihd);
-      const size_t b = static_cast<size_t>(S.idx_comp.rows()) * S.idx_comp.width() * 4;
-      S.idx_kv = DevMem(b, p + "indexer compressor state");
-      S.idx_score = DevMem(b, p + "indexer compressor state");
-      S.idx_comp.kv = S.idx_kv.f();
-      S.idx_comp.score = S.idx_score.f();
-    }
-    st_.push_back(std::move(S));
-  }
+  for (uint32_t il = 0; il < hp.n_layer; ++il)
+    st_.push_back(make_state(hp.ratios[il], ring_rows_, "layer " + std::to_string(il) + " "));
+  for (uint32_t m = 0; m < hp.n_mtp; ++m)
+    mtp_st_.push_back(make_state(0, hp.window, "MTP block " + std::to_string(m) + " "));
   last_hc_ = DevMem(static_cast<size_t>(hp.n_hc) * hp.n_embd * 4, "last HC state");
   reset();
+}
+
+DLayerState Impl::make_state(uint32_t ratio, int64_t ring, const std::string& p) {
+  const int64_t hd = hp.head_dim, ihd = hp.idx_head_dim;
+  DLayerState S;
+  S.ring = ring;
+  S.comp_cap = ratio ? opt_.max_ctx / ratio + 1 : 0;
+  S.pool = DevMem(static_cast<size_t>(ring + S.comp_cap) * hd * 4, p + "KV cache");
+  if (ratio != 0) {
+    S.comp.ratio = static_cast<int>(ratio);
+    S.comp.head_dim = static_cast<int>(hd);
+    const size_t b = static_cast<size_t>(S.comp.rows()) * S.comp.width() * 4;
+    S.comp_kv = DevMem(b, p + "compressor state");
+    S.comp_score = DevMem(b, p + "compressor state");
+    S.comp.kv = S.comp_kv.f();
+    S.comp.score = S.comp_score.f();
+  }
+  if (ratio == 4) {
+    S.idx_cap = opt_.max_ctx / 4 + 1;
+    S.idx_rows = DevMem(static_cast<size_t>(S.idx_cap) * ihd * 4, p + "indexer cache");
+    S.idx_comp.ratio = 4;
+    S.idx_comp.head_dim = static_cast<int>(ihd);
+    const size_t b = static_cast<size_t>(S.idx_comp.rows()) * S.idx_comp.width() * 4;
+    S.idx_kv = DevMem(b, p + "indexer compressor state");
+    S.idx_score = DevMem(b, p + "indexer compressor state");
+    S.idx_comp.kv = S.idx_kv.f();
+    S.idx_comp.score = S.idx_score.f();
+  }
+  return S;
 }
 
 void Impl::reset() {
@@ -311,19 +345,64 @@ void Impl::reset() {
     S.n_comp = S.n_idx = 0;
   }
   cuda::memset_async(last_hc_.get(), 0, last_hc_.size());
-  mtp_host_.clear();
-  for (uint32_t m = 0; m < hp.n_mtp; ++m) {
-    LayerState L;
-    L.raw.assign(static_cast<size_t>(hp.window) * hp.head_dim, 0.0f);
-    mtp_host_.push_back(std::move(L));
-  }
+  for (DLayerState& S : mtp_st_) cuda::memset_async(S.pool.get(), 0, S.pool.size());
   mtp_pos_ = 0;
   pos_ = 0;
   cuda::synchronize("CUDA forward reset");
 }
 
-std::vector<float> Impl::mtp_draft(int32_t) {
-  fail("mtp_draft is not implemented on the CUDA backend (use --backend cpu)");
+// The MTP draft (Session::Impl::mtp_draft in engine/forward/session.cpp, step for step): the
+// embedding row of next_token (host lookup, uploaded), enorm; per HC stream i of the trunk's last
+// HC state cat_i = [enorm(e); hnorm(H_i)] and X_i = eh_proj cat_i (the n_hc rows in one exact
+// matmul call: per row bit-equal to n_hc single-row calls); the block's attention (its own raw
+// window, position pos) and FFN (clamps of the last layer), then its head (mtp_hc_*, mtp_norm)
+// with the trunk's output matrix. Taps under layer n_layer, as the CPU's.
+std::vector<float> Impl::mtp_draft(int32_t next_token) {
+  if (w.mtp.empty() || dw_->mtp.empty() || mtp_st_.empty()) fail("model has no MTP block (nextn_predict_layers = 0)");
+  if (pos_ == 0) fail("mtp_draft needs at least one consumed token");
+  if (next_token < 0 || next_token >= static_cast<int32_t>(hp.n_vocab))
+    fail("token id " + std::to_string(next_token) + " out of range (vocab " + std::to_string(hp.n_vocab) + ")");
+  const LayerWeights& M = w.mtp[0];
+  const DLayer& D = dw_->mtp[0];
+  const int64_t d = hp.n_embd, hcd = static_cast<int64_t>(hp.n_hc) * d;
+  const int n_hc = static_cast<int>(hp.n_hc);
+  std::vector<float> e(d);
+  weight_row_f32(w.token_embd, next_token, e.data());
+  float* en = buf("mtp_en", d);
+  float* hn = buf("mtp_hn", hcd);
+  float* cat = buf("mtp_cat", 2 * hcd);  // (n_hc, 2d)
+  cuda::copy_h2d(en, e.data(), d * sizeof(float));
+  cuda::rmsnorm_rows(en, D.enorm.f(), en, 1, d, hp.eps);
+  cuda::rmsnorm_rows(last_hc_.f(), D.hnorm.f(), hn, n_hc, d, hp.eps);
+  for (int i = 0; i < n_hc; ++i) {
+    cuda::copy_d2d(cat + 2 * i * d, en, d * sizeof(float));
+    cuda::copy_d2d(cat + (2 * i + 1) * d, hn + i * d, d * sizeof(float));
+  }
+  const int32_t tok[1] = {next_token};
+  DRows R;
+  R.n = 1;
+  R.pos0 = pos_;  // the position of next_token
+  R.tokens = std::span<const int32_t>(tok, 1);
+  R.X = buf("X", hcd);
+  R.X2 = buf("X2", hcd);
+  int64_t* dpos = lbuf("pos", 1);
+  cuda::copy_h2d(dpos, &pos_, sizeof(int64_t));
+  R.pos = dpos;
+  linear_exact(D.eh_proj, cat, n_hc, R.X);
+  const int tap_layer = static_cast<int>(hp.n_layer);
+  attention_layer(tap_layer, M, D, mtp_st_[0], R);
+  ffn_layer(tap_layer, M, D, R, hp.clamp_exp.back(), hp.clamp_shexp.back());
+  std::vector<float> logits(hp.n_vocab);
+  DHead head;
+  head.hc_fn = &D.mtp_hc_fn;
+  head.hc_scale = M.mtp_hc_scale.at(0);
+  head.hc_base = D.mtp_hc_base.f();
+  head.norm = D.mtp_norm.f();
+  head.tap_layer = tap_layer;
+  output_head(R, head, logits.data());
+  cuda::synchronize("CUDA MTP draft");
+  mtp_pos_ = R.pos0 + 1;
+  return logits;
 }
 
 void* Impl::raw(const std::string& name, size_t bytes) {
@@ -437,7 +516,12 @@ std::vector<float> Impl::forward(std::span<const int32_t> tokens) {
     ffn_layer(static_cast<int>(il), w.layers[il], dw_->layers[il], R, hp.clamp_exp[il], hp.clamp_shexp[il]);
   }
   std::vector<float> logits(N * hp.n_vocab);
-  output_head(R, logits.data());
+  DHead head;
+  head.hc_fn = &dw_->output_hc_fn;
+  head.hc_scale = w.output_hc_scale.at(0);
+  head.hc_base = dw_->output_hc_base.f();
+  head.norm = dw_->output_norm.f();
+  output_head(R, head, logits.data());
   cuda::copy_d2d(last_hc_.get(), R.X + (N - 1) * hcd, hcd * sizeof(float));
   cuda::synchronize("CUDA forward");
   pos_ += N;
@@ -451,7 +535,12 @@ std::shared_ptr<const SessionState> Impl::snapshot() const {
   auto s = std::make_shared<SessionState>();
   s->pos = pos_;
   s->mtp_pos = mtp_pos_;
-  s->mtp = mtp_host_;
+  for (const DLayerState& S : mtp_st_) {  // ring = window: the CPU's raw layout as is
+    LayerState L;
+    L.raw.resize(static_cast<size_t>(hp.window) * hp.head_dim);
+    cuda::copy_d2h(L.raw.data(), S.pool.get(), L.raw.size() * sizeof(float));
+    s->mtp.push_back(std::move(L));
+  }
   const int64_t hd = hp.head_dim, W = hp.window;
   for (uint32_t il = 0; il < hp.n_layer; ++il) {
     const DLayerState& S = st_[il];
@@ -459,7 +548,7 @@ std::shared_ptr<const SessionState> Impl::snapshot() const {
     L.raw.assign(static_cast<size_t>(W) * hd, 0.0f);
     // CPU slot s holds the latest position t < pos with t mod window == s (zeros if none).
     for (int64_t t = std::max<int64_t>(0, pos_ - W); t < pos_; ++t)
-      cuda::copy_d2h(&L.raw[(t % W) * hd], S.pool.f() + (t % ring_rows_) * hd, hd * sizeof(float));
+      cuda::copy_d2h(&L.raw[(t % W) * hd], S.pool.f() + (t % S.ring) * hd, hd * sizeof(float));
     auto get_comp = [&](const cuda::CompressorDeviceState& c, CompressorState& C) {
       C.init(c.ratio, c.head_dim);
       cuda::copy_d2h(C.kv.data(), c.kv, C.kv.size() * sizeof(float));
@@ -468,7 +557,7 @@ std::shared_ptr<const SessionState> Impl::snapshot() const {
     if (S.comp.ratio) {
       get_comp(S.comp, L.comp);
       L.comp_rows.resize(S.n_comp * hd);
-      cuda::copy_d2h(L.comp_rows.data(), S.pool.f() + ring_rows_ * hd, L.comp_rows.size() * sizeof(float));
+      cuda::copy_d2h(L.comp_rows.data(), S.pool.f() + S.ring * hd, L.comp_rows.size() * sizeof(float));
     }
     if (S.idx_comp.ratio) {
       get_comp(S.idx_comp, L.idx_comp);
@@ -484,16 +573,19 @@ std::shared_ptr<const SessionState> Impl::snapshot() const {
 
 void Impl::restore(const SessionState& s) {
   const int64_t hd = hp.head_dim, W = hp.window, ihd = hp.idx_head_dim;
-  if (s.layers.size() != st_.size() || s.last_hc.size() != static_cast<size_t>(hp.n_hc) * hp.n_embd || s.pos < 0 ||
+  if (s.layers.size() != st_.size() || s.mtp.size() != mtp_st_.size() || s.last_hc.size() != static_cast<size_t>(hp.n_hc) * hp.n_embd || s.pos < 0 ||
       s.pos > opt_.max_ctx)
-    fail("CUDA session restore: the state does not belong to this model/session (layers, HC width or position)");
+    fail("CUDA session restore: the state does not belong to this model/session (layers, MTP blocks, HC width or "
+         "position)");
+  for (const LayerState& L : s.mtp)
+    if (L.raw.size() != static_cast<size_t>(W) * hd) fail("CUDA session restore: bad MTP raw window size");
   for (uint32_t il = 0; il < hp.n_layer; ++il) {
     const LayerState& L = s.layers[il];
     DLayerState& S = st_[il];
     if (L.raw.size() != static_cast<size_t>(W) * hd) fail("CUDA session restore: bad raw window size");
-    cuda::memset_async(S.pool.get(), 0, static_cast<size_t>(ring_rows_) * hd * 4);
+    cuda::memset_async(S.pool.get(), 0, static_cast<size_t>(S.ring) * hd * 4);
     for (int64_t t = std::max<int64_t>(0, s.pos - W); t < s.pos; ++t)
-      cuda::copy_h2d(S.pool.f() + (t % ring_rows_) * hd, &L.raw[(t % W) * hd], hd * sizeof(float));
+      cuda::copy_h2d(S.pool.f() + (t % S.ring) * hd, &L.raw[(t % W) * hd], hd * sizeof(float));
     auto put_comp = [&](cuda::CompressorDeviceState& c, const CompressorState& C) {
       if (C.ratio != c.ratio || C.kv.size() != static_cast<size_t>(c.rows()) * c.width() || C.score.size() != C.kv.size())
         fail("CUDA session restore: compressor state shape mismatch in layer " + std::to_string(il));
@@ -504,7 +596,7 @@ void Impl::restore(const SessionState& s) {
       put_comp(S.comp, L.comp);
       S.n_comp = static_cast<int64_t>(L.comp_rows.size()) / hd;
       if (S.n_comp > S.comp_cap) fail("CUDA session restore: more compressed rows than max_ctx allows");
-      cuda::copy_h2d(S.pool.f() + ring_rows_ * hd, L.comp_rows.data(), L.comp_rows.size() * sizeof(float));
+      cuda::copy_h2d(S.pool.f() + S.ring * hd, L.comp_rows.data(), L.comp_rows.size() * sizeof(float));
     }
     if (S.idx_comp.ratio) {
       put_comp(S.idx_comp, L.idx_comp);
@@ -514,7 +606,8 @@ void Impl::restore(const SessionState& s) {
     }
   }
   cuda::copy_h2d(last_hc_.get(), s.last_hc.data(), s.last_hc.size() * sizeof(float));
-  mtp_host_ = s.mtp;
+  for (size_t m = 0; m < mtp_st_.size(); ++m)
+    cuda::copy_h2d(mtp_st_[m].pool.get(), s.mtp[m].raw.data(), s.mtp[m].raw.size() * sizeof(float));
   mtp_pos_ = s.mtp_pos;
   pos_ = s.pos;
 }

@@ -18,17 +18,22 @@
 // lists of the attention (index arithmetic). Every weight matmul, norm, RoPE, HC, compressor,
 // indexer, top-k, attention and MoE step runs on the device.
 //
-// Profiles: Profile::Ds4 as ds4 (activation quantisation of Q8_0/IQ2_XXS/Q2_K matmuls, FP8/F16
+// Profiles: Profile::Ds4 as ds4 (activation quantisation of Q8_0/IQ2_XXS/Q2_K/Q4_K matmuls, FP8/F16
 // KV storage, Hadamard + FP4 indexer rows and queries); Profile::Plain as the CPU's plain profile
 // (F32 storage, no QAT), which needs F32/F16 weights everywhere: the CUDA Q8_0 and ds4 expert
 // kernels quantise activations, which plain does not, so other types are refused.
-// Routed experts: the ds4 mix (IQ2_XXS gate/up + Q2_K down) through ds4::cuda::moe, any other mix
-// of Q8_0/F16/F32 per expert slice through the exact matmul kernels (moe__matvec_exact).
+// Routed experts: the k-quant mixes (gate/up IQ2_XXS, Q2_K or Q4_K, one type for both; down
+// IQ2_XXS, Q2_K or Q4_K: the ds4 mix, the q4_k mix) through ds4::cuda::moe as raw GGUF bytes, any
+// other mix of Q8_0/F16/F32 per expert slice through the exact matmul kernels (moe__matvec_exact).
+// MTP draft (mtp_draft): the CPU's Session::Impl::mtp_draft on the device: enorm/hnorm, eh_proj
+// per HC stream of the trunk's last HC state (kept on the device, last_hc_), the MTP block's
+// attention (its own device raw window, ring = window, the CPU layout) and FFN, and its head
+// (mtp_hc_*, mtp_norm) with the trunk's output matrix; its cache is part of snapshot()/restore().
 // TopkTies::TorchCpu (the HF oracle's tie order): the indexer's scores are downloaded and the
 // CPU's topk_torch_cpu_ref selects (oracle mode only); the default rule uses the device top-k.
 //
-// Not supported on CUDA (clear one-line errors): mtp_draft, weight types other than Q8_0/F16/F32
-// (besides the ds4 expert mix), Profile::Plain with Q8_0 or IQ2_XXS/Q2_K weights.
+// Not supported on CUDA (clear one-line errors): weight types other than Q8_0/F16/F32 (besides
+// the k-quant expert mixes), Profile::Plain with Q8_0 or IQ2_XXS/Q2_K/Q4_K weights.
 #pragma once
 #include <cstdint>
 #include <memory>

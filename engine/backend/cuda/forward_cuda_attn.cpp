@@ -127,8 +127,8 @@ void Impl::attention_chunk(int il, const LayerWeights& L, const DLayer& D, DLaye
 
   // 1. Raw KV rows into the ring (runs of consecutive slots).
   for (int64_t r = 0; r < nc;) {
-    const int64_t slot = (p0 + r) % ring_rows_;
-    const int64_t run = std::min(nc - r, ring_rows_ - slot);
+    const int64_t slot = (p0 + r) % S.ring;
+    const int64_t run = std::min(nc - r, S.ring - slot);
     cuda::copy_d2d(pool + slot * hd, KV + (r0 + r) * hd, run * hd * sizeof(float));
     r += run;
   }
@@ -140,7 +140,7 @@ void Impl::attention_chunk(int il, const LayerWeights& L, const DLayer& D, DLaye
     const float* A = indexer ? IA : CA;
     const float* G = indexer ? IG : CG;
     const int64_t rw = indexer ? ihd : hd;
-    float* rows = indexer ? S.idx_rows.f() : pool + ring_rows_ * hd;
+    float* rows = indexer ? S.idx_rows.f() : pool + S.ring * hd;
     int64_t& n_rows = indexer ? S.n_idx : S.n_comp;
     const int64_t cap = indexer ? S.idx_cap : S.comp_cap;
     const int64_t first = n_rows;
@@ -220,9 +220,9 @@ void Impl::attention_chunk(int il, const LayerWeights& L, const DLayer& D, DLaye
     const int64_t p = p0 + r;
     int32_t* c = &cand[r * max_cand];
     int k = 0;
-    for (int64_t t = p - n_raw[r] + 1; t <= p; ++t) c[k++] = static_cast<int32_t>(t % ring_rows_);
+    for (int64_t t = p - n_raw[r] + 1; t <= p; ++t) c[k++] = static_cast<int32_t>(t % S.ring);
     if (!indexed[r])
-      for (int32_t j = 0; j < n_comp[r]; ++j) c[k++] = static_cast<int32_t>(ring_rows_ + j);
+      for (int32_t j = 0; j < n_comp[r]; ++j) c[k++] = static_cast<int32_t>(S.ring + j);
   }
   int32_t* dcand = ibuf("cand", cand.size());
   int32_t* dncand = ibuf("ncand", nc);
@@ -288,7 +288,7 @@ void Impl::attention_chunk(int il, const LayerWeights& L, const DLayer& D, DLaye
       }
     }
     cuda::cand_indexed(dcand + i0 * max_cand, static_cast<int>(max_cand), dnraw + i0, idx, top_k, cnt, ni,
-                       static_cast<int32_t>(ring_rows_));
+                       static_cast<int32_t>(S.ring));
   }
 
   // 6. Attention, one launch per run of rows with the same variant.

@@ -1,11 +1,12 @@
 // The MoE FFN sublayer (ds4-model.md §4.7) and the output head (§4.8) of the CUDA forward;
 // mirrors engine/forward/ffn_layer.cpp. The router's logits are computed on the device and its
 // top-k selection (route_ref, the CPU's) runs on the host over the downloaded N x n_expert
-// logits; the routed experts run in ds4::cuda::moe for the ds4 mix (IQ2_XXS gate/up, Q2_K down)
-// and through the exact matmul kernels for any other mix (routed_experts_matvec below).
+// logits; the routed experts run in ds4::cuda::moe for the k-quant mixes (gate/up IQ2_XXS, Q2_K
+// or Q4_K, down IQ2_XXS, Q2_K or Q4_K: the ds4 mix IQ2_XXS + Q2_K, the q4_k mix Q4_K + Q4_K) and
+// through the exact matmul kernels for any other mix (routed_experts_matvec below).
 //
 // Variants of the routed experts here (style.md rule 3):
-//   moe__decode_lut / moe__expert_tiles  ds4::cuda::moe (ops_cuda.h), the ds4 mix only
+//   moe__decode_lut / moe__expert_tiles  ds4::cuda::moe (ops_cuda.h), the k-quant mixes only
 //   moe__matvec_exact                    F32/F16/Q8_0 experts, one CudaMatrix per expert slice:
 //                                        expert_ffn_ref per (row, slot) with the exact matmul
 //                                        kernels, slots summed in slot order; per row bit-equal
@@ -54,8 +55,8 @@ void Impl::ffn_layer(int il, const LayerWeights& L, const DLayer& D, DRows& R, f
 
   // Routed experts.
   float* Y = buf("Y", N * d);
-  if (D.ds4_experts) {
-    ds4_routed_experts(il, D, XN, R, dexp, dwts, clamp_exp, Y);
+  if (D.kquant_experts) {
+    kquant_routed_experts(il, D, XN, R, dexp, dwts, clamp_exp, Y);
   } else {
     routed_experts_matvec(D, XN, N, experts, weights, clamp_exp, Y);
     tap_dev(il, "ffn_moe_out", R.pos0, N, Y, d, "moe__matvec_exact");
@@ -90,10 +91,10 @@ void Impl::ffn_layer(int il, const LayerWeights& L, const DLayer& D, DRows& R, f
   tap_dev(il, "l_out", R.pos0, N, R.X, static_cast<size_t>(hp.n_hc) * d, "hc_post__rows");
 }
 
-// The ds4 mix (IQ2_XXS gate/up, Q2_K down): ds4::cuda::moe, decode_lut or (gate moe_tiles)
-// expert_tiles. dexp, dwts: (N, n_used) device routing.
-void Impl::ds4_routed_experts(int il, const DLayer& D, const float* XN, const DRows& R, const int32_t* dexp,
-                              const float* dwts, float clamp_exp, float* Y) {
+// The k-quant mixes (raw GGUF bytes, types in D.gate_up_type / D.down_type): ds4::cuda::moe,
+// decode_lut or (gate moe_tiles) expert_tiles. dexp, dwts: (N, n_used) device routing.
+void Impl::kquant_routed_experts(int il, const DLayer& D, const float* XN, const DRows& R, const int32_t* dexp,
+                                 const float* dwts, float clamp_exp, float* Y) {
   const int64_t N = R.n, d = hp.n_embd;
   const int n_exp = static_cast<int>(hp.n_expert), n_used = static_cast<int>(hp.n_expert_used);
   const cuda::MoeVariant mv = fast(Gate::moe_tiles, N) ? cuda::MoeVariant::expert_tiles : cuda::MoeVariant::decode_lut;
@@ -101,6 +102,8 @@ void Impl::ds4_routed_experts(int il, const DLayer& D, const float* XN, const DR
   ma.gate = D.gate_exps.get();
   ma.up = D.up_exps.get();
   ma.down = D.down_exps.get();
+  ma.gate_up_type = D.gate_up_type;
+  ma.down_type = D.down_type;
   ma.x = XN;
   ma.experts = dexp;
   ma.weights = dwts;
@@ -174,26 +177,28 @@ void Impl::routed_experts_matvec(const DLayer& D, const float* XN, int64_t N, co
   for (int64_t s = 0; s < n_used; ++s) cuda::add_inplace(Y, YS + s * N * d, N * d);
 }
 
-void Impl::output_head(const DRows& R, float* logits) {
+// The output head (§4.8) with the head weights of `h` (the trunk's, or the MTP block's) and the
+// trunk's output matrix; taps under h.tap_layer (Session::Impl::output_head's).
+void Impl::output_head(const DRows& R, const DHead& h, float* logits) {
   const int64_t N = R.n, d = hp.n_embd, hcd = static_cast<int64_t>(hp.n_hc) * d;
   const int n_hc = static_cast<int>(hp.n_hc);
-  const DMat& fn = dw_->output_hc_fn;
+  const DMat& fn = *h.hc_fn;
   float* Z = buf("Z", N * hcd);
   cuda::rmsnorm_rows(R.X, nullptr, Z, N, hcd, hp.eps);
   float* M = buf("M", N * fn.out);
   const char* v_mix = linear(fn, Z, N, M);
   float* hw = buf("head_w", N * n_hc);
-  cuda::hc_head_weights(M, w.output_hc_scale[0], dw_->output_hc_base.f(), hw, N, n_hc, hp.hc_eps);
+  cuda::hc_head_weights(M, h.hc_scale, h.hc_base, hw, N, n_hc, hp.hc_eps);
   float* E = buf("E", N * d);
   cuda::hc_collapse(R.X, hw, E, N, n_hc, d);
-  tap_dev(-1, "result_hc", R.pos0, N, E, d, v_mix);
-  cuda::rmsnorm_rows(E, dw_->output_norm.f(), E, N, d, hp.eps);
-  tap_dev(-1, "result_norm", R.pos0, N, E, d, "rmsnorm__block256_f64");
+  tap_dev(h.tap_layer, "result_hc", R.pos0, N, E, d, v_mix);
+  cuda::rmsnorm_rows(E, h.norm, E, N, d, hp.eps);
+  tap_dev(h.tap_layer, "result_norm", R.pos0, N, E, d, "rmsnorm__block256_f64");
   float* dl = buf("logits", N * hp.n_vocab);
   const char* v_out = linear(dw_->output, E, N, dl, Gate::output_head_preq);
   cuda::copy_d2h(logits, dl, static_cast<size_t>(N) * hp.n_vocab * sizeof(float));
   if (tapping())
-    for (int64_t r = 0; r < N; ++r) tap_host(-1, "result_output", R.pos0 + r, logits + r * hp.n_vocab, hp.n_vocab, v_out);
+    for (int64_t r = 0; r < N; ++r) tap_host(h.tap_layer, "result_output", R.pos0 + r, logits + r * hp.n_vocab, hp.n_vocab, v_out);
 }
 
 }  // namespace ds4::cudafwd

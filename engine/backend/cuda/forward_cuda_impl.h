@@ -79,29 +79,50 @@ struct DLayer {
   DMat router, gate_sh, up_sh, down_sh;
   DevMem hc_attn_scale, hc_attn_base, hc_ffn_scale, hc_ffn_base, attn_norm, q_a_norm, kv_norm, sinks, ffn_norm;
   DevMem comp_ape, comp_norm, idx_comp_ape, idx_comp_norm;
-  // Routed experts. The ds4 mix (IQ2_XXS gate/up, Q2_K down) is uploaded as raw GGUF bytes for
-  // ds4::cuda::moe; any other mix (F32/F16/Q8_0 experts, e.g. ds4-convert's F32 GGUF of the HF
-  // oracle) as one CudaMatrix per expert slice: gate_e[e], up_e[e] (d -> ff), down_e[e] (ff -> d).
-  bool ds4_experts = true;
-  DevMem gate_exps, up_exps, down_exps;  // (n_expert, ff|d, row bytes) when ds4_experts
+  // Routed experts. The k-quant mixes (gate/up one of IQ2_XXS, Q2_K, Q4_K, the same type for
+  // both; down one of IQ2_XXS, Q2_K, Q4_K; the ds4 mix is IQ2_XXS + Q2_K, the q4_k mix Q4_K +
+  // Q4_K) are uploaded as raw GGUF bytes for ds4::cuda::moe; any other mix (F32/F16/Q8_0
+  // experts, e.g. ds4-convert's F32 GGUF of the HF oracle) as one CudaMatrix per expert slice:
+  // gate_e[e], up_e[e] (d -> ff), down_e[e] (ff -> d).
+  bool kquant_experts = true;
+  cuda::ExpertType gate_up_type = cuda::ExpertType::iq2_xxs, down_type = cuda::ExpertType::q2_k;
+  DevMem gate_exps, up_exps, down_exps;  // (n_expert, ff|d, row bytes) when kquant_experts
   std::vector<DMat> gate_e, up_e, down_e;  // n_expert each otherwise
+  // MTP block only (ds4-model.md, MTP): X_i = eh_proj [enorm(e); hnorm(H_i)], and its own head.
+  DMat eh_proj, mtp_hc_fn;
+  DevMem enorm, hnorm, mtp_norm, mtp_hc_base;
 };
 
 // Everything uploaded once per Model (shared by all its sessions; see device_weights_for).
 struct DeviceWeights {
   std::vector<DLayer> layers;
+  std::vector<DLayer> mtp;  // 0 or 1 MTP block (ModelWeights::mtp)
   DMat output, output_hc_fn;
   DevMem output_hc_base, output_norm, iq2_grid, inv_freq_main, inv_freq_comp;
   size_t weight_bytes = 0;  // bytes of the stored weights (what an exact pass reads)
 };
 std::shared_ptr<DeviceWeights> device_weights_for(const std::shared_ptr<const Model>& model);
 
-// Per-layer device state. pool: the KV rows attention reads: ring_rows ring slots (position t in
-// slot t mod ring_rows) followed by comp_cap compressed rows; idx_rows: indexer rows.
+// Per-layer device state. pool: the KV rows attention reads: `ring` slots (position t in slot
+// t mod ring) followed by comp_cap compressed rows; idx_rows: indexer rows. Trunk layers have
+// ring = window + chunk (a batched chunk never overwrites a row another row of it still sees);
+// the MTP block, which runs one row per call, has ring = window: the CPU's raw layout slot for
+// slot (its positions need not be consecutive: a draft is not made at every position).
 struct DLayerState {
+  int64_t ring = 0;
   DevMem pool, idx_rows, comp_kv, comp_score, idx_kv, idx_score;
   cuda::CompressorDeviceState comp, idx_comp;
   int64_t n_comp = 0, n_idx = 0, comp_cap = 0, idx_cap = 0;
+};
+
+// The weights of an output head (the trunk's output_hc_* / output_norm, or the MTP block's
+// mtp_hc_* / mtp_norm); both multiply by the trunk's `output`. tap_layer: -1 or n_layer (MTP).
+struct DHead {
+  const DMat* hc_fn = nullptr;
+  float hc_scale = 0.0f;
+  const float* hc_base = nullptr;
+  const float* norm = nullptr;
+  int tap_layer = -1;
 };
 
 // The rows of one call: X is the HC state (n, n_hc*d) on the device, X2 its ping-pong twin.
@@ -154,12 +175,13 @@ class Impl final : public CudaSession {
   void topk_torch_host(const float* scores, int64_t n_rows, const std::vector<int32_t>& nvis, int top_k, int32_t* idx,
                        int32_t* cnt);
   void ffn_layer(int il, const LayerWeights& L, const DLayer& D, DRows& R, float clamp_exp, float clamp_sh);
-  void ds4_routed_experts(int il, const DLayer& D, const float* XN, const DRows& R, const int32_t* dexp,
-                          const float* dwts, float clamp_exp, float* Y);
+  void kquant_routed_experts(int il, const DLayer& D, const float* XN, const DRows& R, const int32_t* dexp,
+                             const float* dwts, float clamp_exp, float* Y);
   void routed_experts_matvec(const DLayer& D, const float* XN, int64_t N, const std::vector<int32_t>& experts,
                              const std::vector<float>& weights, float clamp, float* Y);
   bool plain() const { return opt_.profile == Profile::Plain; }
-  void output_head(const DRows& R, float* logits_host);
+  void output_head(const DRows& R, const DHead& head, float* logits_host);
+  DLayerState make_state(uint32_t ratio, int64_t ring, const std::string& what);
 
   std::shared_ptr<const Model> model_;
   const HParams& hp;
@@ -169,12 +191,12 @@ class Impl final : public CudaSession {
   std::shared_ptr<DeviceWeights> dw_;
   CudaMatmulContext mm_;
   std::vector<DLayerState> st_;
-  std::vector<LayerState> mtp_host_;  // the MTP block's state (not run on CUDA), kept for snapshots
+  std::vector<DLayerState> mtp_st_;  // the MTP block's cache (ring = window, no compressor)
   int64_t mtp_pos_ = 0;
   DevMem last_hc_;
   int64_t pos_ = 0;
   int64_t chunk_ = 256;    // rows of one cache/attention chunk
-  int64_t ring_rows_ = 0;  // window + chunk_
+  int64_t ring_rows_ = 0;  // window + chunk_: the trunk layers' ring
   std::map<std::string, DevMem> scratch_;
 };
 

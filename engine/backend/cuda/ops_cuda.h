@@ -245,17 +245,24 @@ void compressor_prefill(const CompressorDeviceState& st, const float* A, const f
 // each), bit-equal to ds4::quantize_act_q8_k (value of largest magnitude, first on ties).
 void quantize_q8_k(const float* x, int64_t n_rows, int64_t n, void* y);
 
-// Routed experts of n_tok rows (ds4-model.md §4.7 step 4), IQ2_XXS gate/up and Q2_K down.
+// Expert weight types (ds4-model.md §3): row bytes per 256 values iq2_xxs 66, q2_k 84, q4_k 144.
+// gate and up always share one type; down has its own. Any of the three is valid for either.
+enum class ExpertType { iq2_xxs, q2_k, q4_k };
+
+// Routed experts of n_tok rows (ds4-model.md §4.7 step 4; ds4-dispatch.md §1.2 rows M1 and M2).
 struct MoeArgs {
-  const void* gate = nullptr;        // (n_expert, ff, d) IQ2_XXS, 66 bytes per 256
-  const void* up = nullptr;          // (n_expert, ff, d) IQ2_XXS
-  const void* down = nullptr;        // (n_expert, d, ff) Q2_K, 84 bytes per 256
+  const void* gate = nullptr;        // (n_expert, ff, d) gate_up_type
+  const void* up = nullptr;          // (n_expert, ff, d) gate_up_type
+  const void* down = nullptr;        // (n_expert, d, ff) down_type
+  ExpertType gate_up_type = ExpertType::iq2_xxs;
+  ExpertType down_type = ExpertType::q2_k;
   const float* x = nullptr;          // (n_tok, d) F32 normed FFN input
   const int32_t* experts = nullptr;  // (n_tok, n_used) int32 selected experts, slot order
   const float* weights = nullptr;    // (n_tok, n_used) F32 routing weights
   const uint64_t* iq2_grid = nullptr;// (256) the IQ2_XXS lattice (ggml iq2xxs_grid, uploaded
                                      // once from ds4::quant_detail::kIq2xxsGrid by the caller,
-                                     // so that ds4_cuda needs no symbol of ds4_engine)
+                                     // so that ds4_cuda needs no symbol of ds4_engine); required
+                                     // only when gate_up_type or down_type is iq2_xxs
   float* y = nullptr;                // (n_tok, d) F32 routed output (sum over slots)
   float* mid = nullptr;              // optional (n_tok, n_used, ff) F32: weighted SwiGLU output
                                      // (tap ffn_moe_weighted_swiglu); nullptr: kept in scratch
@@ -275,6 +282,7 @@ enum class MoeVariant {
   //   per output row computes the Q2_K.Q8_K dot of each slot (block order, as dot_q2_k_q8_k) and
   //   sums the slots in slot order. Same order as expert_ffn_ref + the slot sum of ffn_layer
   //   (differs only by the SwiGLU exp rounding). Any n_tok; per token bit-equal to n_tok = 1.
+  //   The dots of every expert type (IQ2_XXS, Q2_K, Q4_K) repeat dot_<type>_q8_k's operations.
   decode_lut,
   // moe__expert_tiles (M1 fast): (token, slot) pairs sorted by expert (stable, deterministic);
   //   per expert and tile of 8 pairs, one warp per weight row dequantises it exactly (F32, as
@@ -282,6 +290,13 @@ enum class MoeVariant {
   //   shuffle tree; routing weight before down; each token's slots summed in expert-id order.
   //   Mirrors moe_expert_tiles (whose GEMM order is Eigen's): nmse tier.
   expert_tiles,
+  // moe__sorted_exact (M1/M2 exact, batched): pairs sorted by expert as expert_tiles; per
+  //   (expert, 8 output rows) block one warp per weight row reads the row's blocks once per tile
+  //   of up to 8 pairs and computes each pair's Q8_K dot with decode_lut's very operations (the
+  //   same templated warp dot, more activations per weight load); down per pair into scratch,
+  //   then each token's slots summed in slot order. Bit-equal to decode_lut for every token
+  //   and every n_tok (y and mid), by construction; a drop-in for decode_lut at N > 1.
+  sorted_exact,
 };
 const char* variant_name(MoeVariant v);
 size_t moe_scratch_bytes(int64_t n_tok, int n_used, int n_expert, int64_t d, int64_t ff,
