@@ -7,7 +7,10 @@
 //   f. the MTP draft: GPU vs CPU (plain F32 mix: NMSE tier; ds4 mix: argmax rule), strict batched
 //      vs decodes bit for bit before a draft, determinism, snapshot/restore of the MTP cache, errors;
 //   g. the q4_k mix (Q4_K routed experts through ds4::cuda::moe): strict batched vs decodes and
-//      GPU vs CPU decode.
+//      GPU vs CPU decode;
+//   h. the exact batched routed MoE (moe__sorted_exact) is the strict path at N > 1, and
+//      speculative decoding with MTP drafts on the GPU (the run driver) emits exactly plain GPU
+//      decode's tokens and logits; the cache after a fully accepted pass is decode's.
 // Skips (GTEST_SKIP) without a CUDA device or without -DDS4_CUDA=ON.
 #include <gtest/gtest.h>
 
@@ -24,6 +27,7 @@
 #include "../support/hf_fixture.h"
 #include "../support/tiny_models.h"
 #include "ds4/cuda_backend.h"
+#include "ds4/drivers.h"
 #include "ds4/engine.h"
 #include "ds4/error.h"
 #include "ds4/metrics.h"
@@ -508,6 +512,122 @@ TEST_F(CudaForward, Q4kMixStrictBatchedAndVsCpu) {
   std::sort(nm.begin(), nm.end());
   std::printf("q4_k-mix GPU vs CPU decode: argmax agreement %d/%d (near ties %d), logits nmse median %.3e worst %.3e\n",
               agree, n, near_ties, nm[nm.size() / 2], worst_nmse);
+}
+
+// ---- (h) the exact batched MoE in the forward, and speculative decoding on the GPU -------------
+
+// Which kernel computed ffn_moe_out for a batched forward of 16 tokens under `gates`.
+std::set<std::string> moe_variants(const std::shared_ptr<ds4::Model>& m, const ds4::GateSet& gates, int n) {
+  ds4::SessionOptions o;
+  o.backend = ds4::Backend::Cuda;
+  o.gates = gates;
+  o.max_ctx = 1024;
+  ds4::Session s(m, o);
+  RecordingSink sink;
+  s.set_tap_sink(&sink);
+  const auto tokens = pseudo_tokens(n, static_cast<int>(m->hparams().n_vocab), 41);
+  if (n == 1) {
+    s.decode(tokens[0]);
+  } else {
+    s.forward(tokens);
+  }
+  std::set<std::string> out;
+  for (const auto& [k, v] : sink.variants)
+    if (std::get<1>(k) == "ffn_moe_out") out.insert(v);
+  return out;
+}
+
+// The strict batched k-quant MoE is moe__sorted_exact (each expert's weights read once per tile,
+// not once per pair); decode keeps decode_lut; the fast gate takes expert_tiles. Bit-equality of
+// the strict path to decodes is what (b) and (g) check, now through sorted_exact.
+TEST_F(CudaForward, StrictBatchedMoeIsSortedExact) {
+  for (const char* mix : {"ds4", "q4_k"}) {
+    const auto m = ds4::Model::load(tiny_model_path(mix));
+    EXPECT_EQ(moe_variants(m, ds4::GateSet::all_exact(), 16), std::set<std::string>{"moe__sorted_exact"}) << mix;
+    EXPECT_EQ(moe_variants(m, ds4::GateSet::all_exact(), 1), std::set<std::string>{"moe__decode_lut"}) << mix;
+    EXPECT_EQ(moe_variants(m, ds4::GateSet::all_fast(), 16), std::set<std::string>{"moe__expert_tiles"}) << mix;
+  }
+}
+
+// Greedy decode on the GPU: the prompt, then n tokens each the argmax of the last logits.
+std::vector<int32_t> gpu_greedy(const std::shared_ptr<const ds4::Model>& m, const std::vector<int32_t>& prompt, int n) {
+  ds4::SessionOptions o;
+  o.backend = ds4::Backend::Cuda;
+  o.max_ctx = 1024;
+  ds4::Session s(m, o);
+  std::vector<float> logits;
+  for (int32_t t : prompt) logits = s.decode(t);
+  std::vector<int32_t> out = prompt;
+  for (int i = 0; i < n; ++i) {
+    out.push_back(ds4::argmax(logits));
+    if (i + 1 < n) logits = s.decode(out.back());
+  }
+  return out;
+}
+
+// `ds4-parity run --backend cuda --mode verify --drafts mtp --strict` (run_model): at widths 2, 4
+// and 16 it emits exactly the tokens of greedy GPU decode, and its logits are the bytes of plain
+// GPU decode over those tokens at every position (rejected drafts rolled back included). A random
+// MTP head is mostly rejected, so full accepts are checked by the test below.
+TEST_F(CudaForward, SpeculativeMtpVerifyReproducesGpuDecode) {
+  const auto m = ds4::Model::load(tiny_model_path("ds4", true));
+  const auto prompt = pseudo_tokens(40, static_cast<int>(m->hparams().n_vocab), 7);
+  const int n_gen = 48;
+  const auto greedy = gpu_greedy(m, prompt, n_gen);
+  ds4::RunSpec plain;
+  plain.backend = ds4::Backend::Cuda;
+  plain.tokens = greedy;
+  const auto p = ds4::run_model(m, plain, nullptr);
+  for (const int w : {2, 4, 16}) {
+    ds4::RunSpec spec;
+    spec.backend = ds4::Backend::Cuda;
+    spec.mode = ds4::RunMode::Verify;
+    spec.drafts = "mtp";
+    spec.width = w;
+    spec.prefix = static_cast<int64_t>(prompt.size());
+    spec.generate = n_gen;
+    spec.tokens = prompt;
+    spec.gates = ds4::GateSet::all_exact();
+    const auto r = ds4::run_model(m, spec, nullptr);
+    EXPECT_EQ(r.tokens, greedy) << "width " << w << ": strict speculative decoding must emit greedy decode's tokens";
+    EXPECT_TRUE(bytes_equal(r.logits, p.logits)) << "width " << w << ": logits differ from plain GPU decode, max_abs "
+                                                 << max_abs_diff(r.logits, p.logits);
+    const double offered = static_cast<double>(r.drafts_accepted + r.drafts_rejected);
+    std::printf("gpu mtp verify strict width %d: tokens %s, logits %s, drafts %lld accepted / %lld rejected "
+                "(acceptance %.1f%%), %lld forwards for %d tokens\n",
+                w, r.tokens == greedy ? "EQUAL" : "DIFF", bytes_equal(r.logits, p.logits) ? "EQUAL" : "DIFF",
+                static_cast<long long>(r.drafts_accepted), static_cast<long long>(r.drafts_rejected),
+                offered > 0 ? 100.0 * r.drafts_accepted / offered : 0.0, static_cast<long long>(r.forwards), n_gen);
+    EXPECT_GT(r.drafts_accepted + r.drafts_rejected, 0) << "width " << w << ": no draft was verified";
+  }
+}
+
+// One verifier pass as the driver makes it (snapshot, MTP drafts, restore, one batched forward of
+// the drafts), fully accepted: the cache afterwards (trunk KV, compressor and indexer state, the
+// MTP window) is bit-equal to decoding the same tokens, and so are the logits.
+TEST_F(CudaForward, FullyAcceptedVerifyPassWritesDecodesCache) {
+  const auto m = ds4::Model::load(tiny_model_path("ds4", true));
+  const auto tokens = pseudo_tokens(200, static_cast<int>(m->hparams().n_vocab), 23);
+  for (const int w : {4, 16}) {
+    const int prefix = 150;
+    auto v = make_session(m, ds4::Backend::Cuda, ds4::Profile::Ds4);
+    auto d = make_session(m, ds4::Backend::Cuda, ds4::Profile::Ds4);
+    for (int i = 0; i < prefix; ++i) {
+      v->decode(tokens[i]);
+      d->decode(tokens[i]);
+    }
+    const auto snap = v->snapshot();
+    for (int k = 0; k + 1 < w; ++k) v->mtp_draft(tokens[prefix + k]);
+    v->restore(*snap);
+    const auto lv = v->forward(std::span<const int32_t>(tokens.data() + prefix, w));
+    std::vector<float> ld;
+    for (int k = 0; k < w; ++k) {
+      const auto l = d->decode(tokens[prefix + k]);
+      ld.insert(ld.end(), l.begin(), l.end());
+    }
+    EXPECT_TRUE(bytes_equal(lv, ld)) << "width " << w;
+    EXPECT_TRUE(ds4::Session::states_equal(*v->snapshot(), *d->snapshot())) << "width " << w;
+  }
 }
 
 }  // namespace
