@@ -6,8 +6,8 @@
 // through the exact matmul kernels for any other mix (routed_experts_matvec below).
 //
 // Variants of the routed experts here (style.md rule 3):
-//   moe__decode_lut / moe__sorted_exact  ds4::cuda::moe (ops_cuda.h), the k-quant mixes only:
-//                                        decode_lut at N = 1, sorted_exact (bit-equal) at N > 1
+//   moe__decode_lut                      ds4::cuda::moe (ops_cuda.h), the k-quant mixes only,
+//                                        at every N (sorted_exact is bit-equal but slower)
 //   moe__expert_tiles                    the moe_tiles gate's fast kernel, k-quant mixes
 //   moe__matvec_exact                    F32/F16/Q8_0 experts, one CudaMatrix per expert slice:
 //                                        expert_ffn_ref per (row, slot) with the exact matmul
@@ -99,12 +99,11 @@ void Impl::kquant_routed_experts(int il, const DLayer& D, const float* XN, const
                                  const float* dwts, float clamp_exp, float* Y) {
   const int64_t N = R.n, d = hp.n_embd;
   const int n_exp = static_cast<int>(hp.n_expert), n_used = static_cast<int>(hp.n_expert_used);
-  // Exact at N > 1 is sorted_exact: each expert's weights are read once per tile of its pairs
-  // instead of once per pair, with decode_lut's per-pair operations (bit-equal by construction),
-  // so strict batched MoE does not cost N times the weight bytes. N = 1 is decode's own kernel.
-  const cuda::MoeVariant mv = fast(Gate::moe_tiles, N) ? cuda::MoeVariant::expert_tiles
-                              : N > 1                  ? cuda::MoeVariant::sorted_exact
-                                                       : cuda::MoeVariant::decode_lut;
+  // Exact stays decode_lut at every N. moe__sorted_exact (each expert's weights read once per
+  // tile of its pairs, bit-equal to decode_lut; cuda_moe_test) was measured slower on an H100 at
+  // the Flash MoE shape: 345 / 1612 / 7307 us against decode_lut's 123 / 798 / 6191 us at
+  // N = 2 / 16 / 128 (reports/h100/issue12), so the strict path does not take it.
+  const cuda::MoeVariant mv = fast(Gate::moe_tiles, N) ? cuda::MoeVariant::expert_tiles : cuda::MoeVariant::decode_lut;
   cuda::MoeArgs ma;
   ma.gate = D.gate_exps.get();
   ma.up = D.up_exps.get();
