@@ -549,22 +549,6 @@ TEST_F(CudaForward, StrictBatchedMoeIsDecodeLut) {
   }
 }
 
-// Greedy decode on the GPU: the prompt, then n tokens each the argmax of the last logits.
-std::vector<int32_t> gpu_greedy(const std::shared_ptr<const ds4::Model>& m, const std::vector<int32_t>& prompt, int n) {
-  ds4::SessionOptions o;
-  o.backend = ds4::Backend::Cuda;
-  o.max_ctx = 1024;
-  ds4::Session s(m, o);
-  std::vector<float> logits;
-  for (int32_t t : prompt) logits = s.decode(t);
-  std::vector<int32_t> out = prompt;
-  for (int i = 0; i < n; ++i) {
-    out.push_back(ds4::argmax(logits));
-    if (i + 1 < n) logits = s.decode(out.back());
-  }
-  return out;
-}
-
 // `ds4-parity run --backend cuda --mode verify --drafts mtp --strict` (run_model): at widths 2, 4
 // and 16 it emits exactly the tokens of greedy GPU decode, and its logits are the bytes of plain
 // GPU decode over those tokens at every position (rejected drafts rolled back included). A random
@@ -573,7 +557,7 @@ TEST_F(CudaForward, SpeculativeMtpVerifyReproducesGpuDecode) {
   const auto m = ds4::Model::load(tiny_model_path("ds4", true));
   const auto prompt = pseudo_tokens(40, static_cast<int>(m->hparams().n_vocab), 7);
   const int n_gen = 48;
-  const auto greedy = gpu_greedy(m, prompt, n_gen);
+  const auto greedy = ds4::teacher_forced_tokens(m, ds4::Profile::Ds4, prompt, n_gen, ds4::Backend::Cuda);
   ds4::RunSpec plain;
   plain.backend = ds4::Backend::Cuda;
   plain.tokens = greedy;
