@@ -87,7 +87,8 @@ int cmd_run(const std::vector<std::string>& args) {
     std::printf("drafts: %lld accepted, %lld rejected (acceptance %.1f%%), %.1f tokens per verify pass\n",
                 static_cast<long long>(r.drafts_accepted), static_cast<long long>(r.drafts_rejected),
                 offered > 0 ? 100.0 * static_cast<double>(r.drafts_accepted) / static_cast<double>(offered) : 0.0,
-                r.verify_passes > 0 ? static_cast<double>(r.generated) / static_cast<double>(r.verify_passes) : 0.0);
+                r.verify_passes > 0 ? static_cast<double>(r.tokens.size() - spec.prefix) / static_cast<double>(r.verify_passes)
+                                    : 0.0);
   }
   return 0;
 }

@@ -35,7 +35,7 @@ struct RunResult {
   int64_t n_vocab = 0;
   int64_t forwards = 0;          // forward()/decode() calls
   int64_t drafts_accepted = 0, drafts_rejected = 0;
-  int64_t verify_passes = 0, generated = 0;  // verify with mtp drafts: batched passes, tokens they emitted
+  int64_t verify_passes = 0;     // verify with mtp drafts: batched verify passes
   double seconds = 0;
 };
 
