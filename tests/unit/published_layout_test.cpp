@@ -4,7 +4,8 @@
 //     DeepSeek-V4-Flash-MTP-Q4K-Q8_0-F32.gguf with all-zero weights left as sparse holes; the
 //     directory is checked here against antirez/ds4's ds4.c checks (weights_validate_layout,
 //     mtp_weights_validate_layout, config_validate_model), restated from its constants, not taken
-//     from our own expected_tensors();
+//     from our own expected_tensors(); scripts/ds4-loader-check runs ds4's own loader on the same
+//     two files (reports/cpu/ds4_loader_check.md);
 //   * the two load, pair, and run a short prompt with the default (fast) gates in a child process
 //     whose address space is capped at the two mappings plus a fixed headroom, so a cache that
 //     grows with the model fails the test instead of waiting for the OOM killer;
