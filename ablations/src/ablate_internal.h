@@ -53,6 +53,9 @@ class Matrix {
   std::vector<std::string> prompt_names_;
   std::vector<std::vector<int32_t>> tokens_;
   std::vector<std::shared_ptr<const Reference>> refs_;
+  // A verifier's N=1 prefix is the same in every cell (decode takes no gate): decoded once per
+  // process and restored for the other cells when no compared position lies in it.
+  std::shared_ptr<PrefixCache> prefix_cache_ = std::make_shared<PrefixCache>();
   std::vector<CellSpec> cells_;
   int64_t ran_ = 0, resumed_ = 0;
   double setup_seconds_ = 0;

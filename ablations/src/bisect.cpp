@@ -105,6 +105,12 @@ class Bisector {
     cand_.width = mb.width;
     cand_.tokens = mb.tokens;
     cand_.threads = cfg_.threads;
+    // The reruns share the verifier's N=1 prefix (drivers.h, PrefixCache) when no compared
+    // position and no planted fault lies in it.
+    const int64_t prefix = std::max<int64_t>(1, cand_.prefix);  // run_model decodes at least one
+    if (cand_.mode == RunMode::Verify && cfg_.capture.pos_begin >= prefix &&
+        (!cand_.fault.enabled || cand_.fault.pos >= prefix))
+      cand_.prefix_cache = std::make_shared<PrefixCache>();
     if (cand_.mode != RunMode::Plain) cand_.gates = GateSet::parse(mb.gate_set);
     auto extra = [&](const std::string& k) {
       auto it = mb.extra.find(k);

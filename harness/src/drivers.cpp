@@ -86,6 +86,31 @@ void verify_with_mtp(Session& s, const RunSpec& spec, int64_t V, TapSink* sink, 
 
 }  // namespace
 
+std::shared_ptr<const PrefixCache::Entry> PrefixCache::find(const Model* model, Backend backend, Profile profile,
+                                                            std::span<const int32_t> prefix) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& e : entries_)
+    if (e->model == model && e->backend == backend && e->profile == profile &&
+        std::equal(e->tokens.begin(), e->tokens.end(), prefix.begin(), prefix.end())) {
+      ++hits_;
+      return e;
+    }
+  return nullptr;
+}
+
+void PrefixCache::store(std::shared_ptr<const Entry> e) {
+  const int64_t bytes = static_cast<int64_t>(e->logits.size() * sizeof(float));
+  std::lock_guard<std::mutex> lock(mu_);
+  if (logit_bytes_ + bytes > max_logit_bytes_) return;
+  logit_bytes_ += bytes;
+  entries_.push_back(std::move(e));
+}
+
+int64_t PrefixCache::hits() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return hits_;
+}
+
 RunResult run_model(const std::shared_ptr<const Model>& model, const RunSpec& spec, TapSink* sink) {
   if (spec.tokens.empty()) fail("run: no tokens to run");
   const int64_t V = model->hparams().n_vocab, T = static_cast<int64_t>(spec.tokens.size());
@@ -115,10 +140,19 @@ RunResult run_model(const std::shared_ptr<const Model>& model, const RunSpec& sp
     case RunMode::Verify: {
       const int64_t W = spec.width > 0 ? spec.width : 4;
       const int64_t prefix = std::clamp<int64_t>(spec.prefix, 1, T);
-      for (int64_t t = 0; t < prefix; ++t) {
-        append(out.logits, s.decode(toks[t]));
-        ++out.forwards;
+      const auto head = toks.first(static_cast<size_t>(prefix));
+      PrefixCache* cache = spec.prefix_cache.get();
+      if (auto kept = cache ? cache->find(model.get(), spec.backend, spec.profile, head) : nullptr) {
+        s.restore(*kept->state);
+        out.logits = kept->logits;
+        out.prefix_restored = true;
+      } else {
+        for (int64_t t = 0; t < prefix; ++t) append(out.logits, s.decode(toks[t]));
+        if (cache)
+          cache->store(std::make_shared<const PrefixCache::Entry>(PrefixCache::Entry{
+              model.get(), spec.backend, spec.profile, {head.begin(), head.end()}, s.snapshot(), out.logits}));
       }
+      out.forwards += prefix;  // N=1 decodes, run now or when the kept state was made
       out.tokens.assign(spec.tokens.begin(), spec.tokens.begin() + prefix);
       if (spec.drafts == "given") {
         // Teacher-forced verification: the given tokens are the drafts and every pass is a full

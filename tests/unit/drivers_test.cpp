@@ -3,12 +3,15 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <map>
 #include <filesystem>
 #include <fstream>
 
+#include "ds4/cuda_backend.h"
 #include "ds4/drivers.h"
 #include "ds4/dump.h"
 #include "ds4/error.h"
+#include "../support/recording_sink.h"
 #include "../support/scratch.h"
 #include "../support/tiny_models.h"
 
@@ -95,6 +98,58 @@ TEST(Drivers, MtpVerifyDumpNamesTheGeneratedTokens) {
   std::ifstream out(dir.file("out.txt"));
   const std::string text((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
   EXPECT_NE(text.find("(acceptance "), std::string::npos) << text;
+}
+
+// A verifier restored from a PrefixCache equals one that decoded its prefix: logits, every tap
+// after the prefix and the gates' effects (the kept state was made under other gates: N=1 decode
+// takes none), on the CPU and, when there is one, on the GPU.
+void expect_prefix_cache_is_invisible(ds4::Backend backend) {
+  auto model = tiny();
+  constexpr int64_t kPrefix = 40;
+  ds4::RunSpec spec;
+  spec.backend = backend;
+  spec.tokens = ds4::testing::pseudo_tokens(90, static_cast<int>(model->hparams().n_vocab), 3);
+  spec.mode = RunMode::Verify;
+  spec.width = 8;
+  spec.prefix = kPrefix;
+  auto after_prefix = [&](const ds4::testing::RecordingSink& sink) {
+    std::map<ds4::testing::RecordingSink::Key, std::vector<float>> out;
+    for (const auto& [k, v] : sink.taps)
+      if (std::get<2>(k) >= kPrefix) out[k] = v;
+    return out;
+  };
+  for (const ds4::GateSet& gates : {ds4::GateSet::all_exact(), ds4::GateSet::all_fast()}) {
+    spec.gates = gates;
+    spec.prefix_cache = nullptr;
+    ds4::testing::RecordingSink decoded_sink;
+    const auto decoded = ds4::run_model(model, spec, &decoded_sink);
+    spec.prefix_cache = std::make_shared<ds4::PrefixCache>();
+    ds4::RunSpec maker = spec;
+    maker.gates = gates.to_string() == ds4::GateSet::all_exact().to_string() ? ds4::GateSet::all_fast()
+                                                                             : ds4::GateSet::all_exact();
+    const auto made = ds4::run_model(model, maker, nullptr);  // decodes and keeps the prefix
+    EXPECT_FALSE(made.prefix_restored);
+    ds4::testing::RecordingSink restored_sink;
+    const auto restored = ds4::run_model(model, spec, &restored_sink);
+    EXPECT_TRUE(restored.prefix_restored);
+    EXPECT_EQ(spec.prefix_cache->hits(), 1);
+    EXPECT_EQ(restored.forwards, decoded.forwards);
+    EXPECT_TRUE(same_bytes(restored.logits, decoded.logits)) << gates.to_string();
+    const auto want = after_prefix(decoded_sink), got = after_prefix(restored_sink);
+    EXPECT_GT(want.size(), 100u);
+    EXPECT_TRUE(want == got) << gates.to_string() << ": taps after the prefix differ";
+    for (const auto& [k, v] : restored_sink.taps) EXPECT_GE(std::get<2>(k), kPrefix) << "restored runs tap no prefix row";
+  }
+  // Another prefix (or another backend/profile) is a miss.
+  spec.prefix = kPrefix + 1;
+  EXPECT_FALSE(ds4::run_model(model, spec, nullptr).prefix_restored);
+}
+
+TEST(Drivers, PrefixCacheIsInvisibleCpu) { expect_prefix_cache_is_invisible(ds4::Backend::Cpu); }
+
+TEST(Drivers, PrefixCacheIsInvisibleCuda) {
+  if (!ds4::cuda_device_info().available) GTEST_SKIP() << "no CUDA device";
+  expect_prefix_cache_is_invisible(ds4::Backend::Cuda);
 }
 
 TEST(Drivers, TokenFilesAndErrors) {

@@ -3,6 +3,9 @@
 // rollback of rejected rows), with every tap going to a sink (usually a DumpWriter).
 #pragma once
 #include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -14,6 +17,37 @@ namespace ds4 {
 enum class RunMode { Plain, Batched, Verify };
 const char* run_mode_name(RunMode m);
 RunMode run_mode_from_name(const std::string& s);  // throws naming the value
+
+// The state after a verifier's N=1 prefix, kept for the next run that decodes the same prefix
+// on the same model, backend and profile (an ablation's cells, a bisection's reruns): N=1 decode
+// takes no gate, so each of them would reach these bits again; restoring them skips the prefix's
+// decodes (2,100 of 2,612 tokens in the long-context proof). Restored runs emit no tap and no
+// fault at the prefix positions: give it only to runs whose sink captures none of them
+// (TapFilter::pos_begin >= prefix) and whose fault, if any, lies after the prefix.
+class PrefixCache {
+ public:
+  explicit PrefixCache(int64_t max_logit_bytes = int64_t{4} << 30) : max_logit_bytes_(max_logit_bytes) {}
+  struct Entry {
+    const Model* model = nullptr;
+    Backend backend = Backend::Cpu;
+    Profile profile = Profile::Ds4;
+    std::vector<int32_t> tokens;                // the prefix
+    std::shared_ptr<const SessionState> state;  // after its last decode
+    std::vector<float> logits;                  // prefix x n_vocab, as the decodes returned them
+  };
+  // The entry for this prefix, or null.
+  std::shared_ptr<const Entry> find(const Model* model, Backend backend, Profile profile,
+                                    std::span<const int32_t> prefix) const;
+  // Keeps `e` unless the kept logits would pass the byte cap (then the runs decode as before).
+  void store(std::shared_ptr<const Entry> e);
+  int64_t hits() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<std::shared_ptr<const Entry>> entries_;
+  int64_t max_logit_bytes_, logit_bytes_ = 0;
+  mutable int64_t hits_ = 0;
+};
 
 struct RunSpec {
   Backend backend = Backend::Cpu;  // cuda: the Session runs on the GPU (manifest: backend, device)
@@ -27,6 +61,7 @@ struct RunSpec {
   std::string drafts = "given";  // verify: "given" (teacher forcing, every pass fully accepted) or "mtp"
   int64_t generate = 0;          // verify with mtp drafts: tokens to generate after the tokens
   std::vector<int32_t> tokens;
+  std::shared_ptr<PrefixCache> prefix_cache;  // verify: reuse an earlier run's prefix (see above)
 };
 
 struct RunResult {
@@ -37,6 +72,7 @@ struct RunResult {
   int64_t drafts_accepted = 0, drafts_rejected = 0;
   int64_t verify_passes = 0;     // verify with mtp drafts: batched verify passes
   double seconds = 0;
+  bool prefix_restored = false;  // verify: the prefix came from RunSpec::prefix_cache
 };
 
 // Runs `spec` on `model`; taps go to `sink` (may be null).
