@@ -32,11 +32,11 @@
 //       differs). Tokens are independent grid rows: per token bit-equal to n_tok = 1. ds4's
 //       decode kernel uses a LUT and lane-strided F32 partial sums; ours keeps the CPU order.
 //   moe__sorted_exact  (M1/M2 exact, batched: each expert's weights read once per tile)
-//       x -> Q8_K; pairs sorted by expert (moe_sort_kernel, stable); gate/up grid (ff/8, the
-//       experts that have pairs): per tile of up to kTile = 8 pairs of the expert, one warp per row reads the
+//       x -> Q8_K; pairs sorted by expert (moe_sort_kernel, stable); gate/up grid (ff/8,
+//       n_expert): per tile of up to kTile = 8 pairs of the expert, one warp per row reads the
 //       gate and up rows once and computes every pair's dots with dot_warp<T, 8>, whose per-pair
 //       operations are dot_warp<T, 1>'s (each pair has its own integer sums and accumulator);
-//       same swiglu_weighted into mid; mid -> Q8_K as decode_lut; down grid (d/8, experts):
+//       same swiglu_weighted into mid; mid -> Q8_K as decode_lut; down grid (d/8, n_expert):
 //       per tile one warp per row computes each pair's down dot into Ye (pairs, d); then
 //       y = ((0 + Ye_slot0) + Ye_slot1) + ... in slot order. Bit-equal to decode_lut (y and
 //       mid) for every token and every N, by construction.
@@ -51,7 +51,6 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cmath>
 #include <string>
 #include <type_traits>
@@ -74,8 +73,6 @@ constexpr int kQ2KBytes = 84;
 constexpr int kQ4KBytes = 144;
 constexpr int kTile = 8;  // pairs per weight pass (expert tiles)
 constexpr int kMaxUsed = 16;
-constexpr int kSortMaxExperts = 1024;   // the sort's counts live in shared memory
-constexpr int kSortSharedPairs = 8192;  // pairs staged in shared memory (more: read from global)
 
 // ds4::BlockQ8K (ds4/quant.h), the same 292-byte layout.
 struct Q8KBlock {
@@ -407,17 +404,14 @@ __device__ __forceinline__ void load_grid(const uint64_t* __restrict__ src, uint
 // =============================================================================================
 
 // Pairs of the block's expert. order == nullptr (decode_lut): block y is pair blockIdx.y alone.
-// Otherwise (sorted_exact): block y is the y-th expert that has pairs (active[1 + y], of
-// active[0]), its pairs order[offsets[e] ..]; the grid's y extent is min(pairs, n_expert), so no
-// block is launched for the experts nobody chose (at N = 2, 244 of 256).
+// Otherwise (sorted_exact): block y is expert blockIdx.y, its pairs order[offsets[e] ..].
 struct PairRange {
   int e, begin, cnt;
 };
 __device__ __forceinline__ PairRange pair_range(const MoeArgs& a, const int32_t* offsets,
-                                                const int32_t* order, const int32_t* active) {
+                                                const int32_t* order) {
   if (!order) return {a.experts[blockIdx.y], static_cast<int>(blockIdx.y), 1};
-  if (static_cast<int>(blockIdx.y) >= active[0]) return {0, 0, 0};
-  const int e = active[1 + blockIdx.y];
+  const int e = blockIdx.y;
   return {e, offsets[e], offsets[e + 1] - offsets[e]};
 }
 __device__ __forceinline__ int64_t pair_at(const int32_t* order, int k) {
@@ -430,9 +424,9 @@ __device__ __forceinline__ int64_t pair_at(const int32_t* order, int k) {
 template <ExpertType T, int M>
 __global__ void __launch_bounds__(kThreads)
     moe_gate_up_kernel(MoeArgs a, const int32_t* __restrict__ offsets,
-                       const int32_t* __restrict__ order, const int32_t* __restrict__ active,
-                       const Q8KBlock* __restrict__ xq, float* __restrict__ mid) {
-  const PairRange r = pair_range(a, offsets, order, active);
+                       const int32_t* __restrict__ order, const Q8KBlock* __restrict__ xq,
+                       float* __restrict__ mid) {
+  const PairRange r = pair_range(a, offsets, order);
   if (r.cnt == 0) return;  // block-uniform
   __shared__ uint64_t grid[256];
   if constexpr (T == ExpertType::iq2_xxs) load_grid(a.iq2_grid, grid);
@@ -492,9 +486,9 @@ __global__ void __launch_bounds__(kThreads)
 template <ExpertType T>
 __global__ void __launch_bounds__(kThreads)
     moe_sorted_down_kernel(MoeArgs a, const int32_t* __restrict__ offsets,
-                           const int32_t* __restrict__ order, const int32_t* __restrict__ active,
-                           const Q8KBlock* __restrict__ midq, float* __restrict__ Ye) {
-  const PairRange r = pair_range(a, offsets, order, active);
+                           const int32_t* __restrict__ order, const Q8KBlock* __restrict__ midq,
+                           float* __restrict__ Ye) {
+  const PairRange r = pair_range(a, offsets, order);
   if (r.cnt == 0) return;  // block-uniform
   __shared__ uint64_t grid[256];
   if constexpr (T == ExpertType::iq2_xxs) load_grid(a.iq2_grid, grid);
@@ -536,38 +530,26 @@ __global__ void moe_slot_sum_kernel(MoeArgs a, const float* __restrict__ Ye) {
 // moe__expert_tiles
 // =============================================================================================
 
-// Stable counting sort of the pairs by expert. One block; n_expert <= kSortMaxExperts. offsets:
-// (n_expert + 1), order: (n_pairs) pair indices, expert-major, pair index ascending within an
-// expert; active: (1 + n_expert), active[0] experts with pairs, then their ids ascending. Counts
-// and the scan stay in shared memory (a serial scan over global memory cost ~200 us).
+// Stable counting sort of the pairs by expert. One block. offsets: (n_expert + 1), order:
+// (n_pairs) pair indices, expert-major, pair index ascending within an expert.
 __global__ void moe_sort_kernel(const int32_t* __restrict__ experts, int64_t n_pairs, int n_expert,
-                                int32_t* __restrict__ offsets, int32_t* __restrict__ order,
-                                int32_t* __restrict__ active) {
-  __shared__ int32_t s_count[kSortMaxExperts + 1];
-  __shared__ int32_t s_expert[kSortSharedPairs];
-  const bool staged = n_pairs <= kSortSharedPairs;
-  for (int e = threadIdx.x; e <= n_expert; e += blockDim.x) s_count[e] = 0;
-  if (staged)
-    for (int64_t p = threadIdx.x; p < n_pairs; p += blockDim.x) s_expert[p] = experts[p];
-  __syncthreads();
-  auto expert_of = [&](int64_t p) { return staged ? s_expert[p] : experts[p]; };
-  for (int64_t p = threadIdx.x; p < n_pairs; p += blockDim.x) atomicAdd(&s_count[expert_of(p) + 1], 1);
-  __syncthreads();
-  if (threadIdx.x == 0) {  // exclusive scan; the experts with pairs in id order
-    int n_active = 0;
-    for (int e = 0; e < n_expert; ++e) {
-      s_count[e + 1] += s_count[e];
-      if (s_count[e + 1] > s_count[e]) active[1 + n_active++] = e;
-    }
-    active[0] = n_active;
+                                int32_t* __restrict__ offsets, int32_t* __restrict__ order) {
+  for (int e = threadIdx.x; e < n_expert; e += blockDim.x) {
+    int c = 0;
+    for (int64_t p = 0; p < n_pairs; ++p) c += experts[p] == e;
+    offsets[e + 1] = c;
   }
   __syncthreads();
-  for (int e = threadIdx.x; e <= n_expert; e += blockDim.x) offsets[e] = s_count[e];
-  for (int e = threadIdx.x; e < n_expert; e += blockDim.x) {  // stable: pairs in index order
-    int k = s_count[e];
-    const int end = s_count[e + 1];
-    for (int64_t p = 0; k < end; ++p)
-      if (expert_of(p) == e) order[k++] = static_cast<int32_t>(p);
+  if (threadIdx.x == 0) {
+    offsets[0] = 0;
+    for (int e = 0; e < n_expert; ++e) offsets[e + 1] += offsets[e];
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < n_expert; e += blockDim.x) {
+    int k = offsets[e];
+    for (int64_t p = 0; p < n_pairs; ++p) {
+      if (experts[p] == e) order[k++] = static_cast<int32_t>(p);
+    }
   }
 }
 
@@ -687,10 +669,10 @@ __global__ void moe_tile_sum_kernel(MoeArgs a, const float* __restrict__ Ye) {
 size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
 struct Scratch {
-  size_t xq = 0, mid = 0, midq = 0, offsets = 0, order = 0, active = 0, ye = 0, total = 0;
+  size_t xq = 0, mid = 0, midq = 0, offsets = 0, order = 0, ye = 0, total = 0;
 };
 
-// decode_lut: mid, xq, midq; expert_tiles: mid, offsets, order, active, ye; sorted_exact: all.
+// decode_lut: mid, xq, midq; expert_tiles: mid, offsets, order, ye; sorted_exact: all six.
 Scratch scratch_layout(int64_t n_tok, int n_used, int n_expert, int64_t d, int64_t ff,
                        MoeVariant v) {
   const size_t pairs = static_cast<size_t>(n_tok) * n_used;
@@ -709,7 +691,6 @@ Scratch scratch_layout(int64_t n_tok, int n_used, int n_expert, int64_t d, int64
   if (v != MoeVariant::decode_lut) {
     s.offsets = take((static_cast<size_t>(n_expert) + 1) * sizeof(int32_t));
     s.order = take(pairs * sizeof(int32_t));
-    s.active = take((static_cast<size_t>(n_expert) + 1) * sizeof(int32_t));
     s.ye = take(pairs * d * sizeof(float));
   }
   s.total = at;
@@ -805,18 +786,13 @@ void moe(const MoeArgs& a, MoeVariant v) {
   auto* midq = reinterpret_cast<Q8KBlock*>(base + s.midq);
   auto* offsets = reinterpret_cast<int32_t*>(base + s.offsets);
   auto* order = reinterpret_cast<int32_t*>(base + s.order);
-  auto* active = reinterpret_cast<int32_t*>(base + s.active);
   auto* ye = reinterpret_cast<float*>(base + s.ye);
   const std::string w(what);
   const unsigned ff_blocks = static_cast<unsigned>(a.ff / kRowsPerBlock);
   const unsigned d_blocks = static_cast<unsigned>(a.d / kRowsPerBlock);
   const unsigned experts = static_cast<unsigned>(a.n_expert);
-  // sorted_exact's grid rows: at most one per pair, at most one per expert (see pair_range).
-  const unsigned active_rows = static_cast<unsigned>(std::min<int64_t>(pairs, a.n_expert));
   if (v != MoeVariant::decode_lut) {
-    if (a.n_expert > kSortMaxExperts)
-      fail(w + ": n_expert = " + std::to_string(a.n_expert) + " over the sort's " + std::to_string(kSortMaxExperts));
-    moe_sort_kernel<<<1, kThreads>>>(a.experts, pairs, a.n_expert, offsets, order, active);
+    moe_sort_kernel<<<1, kThreads>>>(a.experts, pairs, a.n_expert, offsets, order);
     check(cudaGetLastError(), (w + " sort launch").c_str());
   }
   if (v == MoeVariant::expert_tiles) {
@@ -841,10 +817,10 @@ void moe(const MoeArgs& a, MoeVariant v) {
   with_type(a.gate_up_type, [&](auto t) {
     constexpr ExpertType T = decltype(t)::value;
     if (sorted) {
-      moe_gate_up_kernel<T, kTile><<<dim3(ff_blocks, active_rows), kThreads>>>(a, offsets, order, active, xq, mid);
+      moe_gate_up_kernel<T, kTile><<<dim3(ff_blocks, experts), kThreads>>>(a, offsets, order, xq, mid);
     } else {
       moe_gate_up_kernel<T, 1><<<dim3(ff_blocks, static_cast<unsigned>(pairs)), kThreads>>>(
-          a, nullptr, nullptr, nullptr, xq, mid);
+          a, nullptr, nullptr, xq, mid);
     }
   });
   check(cudaGetLastError(), (w + " gate/up launch").c_str());
@@ -852,7 +828,7 @@ void moe(const MoeArgs& a, MoeVariant v) {
   with_type(a.down_type, [&](auto t) {
     constexpr ExpertType T = decltype(t)::value;
     if (sorted) {
-      moe_sorted_down_kernel<T><<<dim3(d_blocks, active_rows), kThreads>>>(a, offsets, order, active, midq, ye);
+      moe_sorted_down_kernel<T><<<dim3(d_blocks, experts), kThreads>>>(a, offsets, order, midq, ye);
     } else {
       moe_down_sum_kernel<T><<<dim3(d_blocks, static_cast<unsigned>(a.n_tok)), kThreads>>>(a, midq);
     }
