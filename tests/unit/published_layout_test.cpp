@@ -23,7 +23,6 @@
 #include <chrono>
 #include <functional>
 #include <cmath>
-#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -35,7 +34,6 @@
 #include "ds4/error.h"
 #include "ds4/gguf.h"
 #include "ds4/synth.h"
-#include "model/device_fit.h"
 #include "../support/tiny_models.h"
 
 namespace fs = std::filesystem;
@@ -403,35 +401,6 @@ std::vector<int32_t> tokens(int n, uint32_t vocab) { return ds4::testing::pseudo
 // plain profile keeps that a rounding-level difference; under the ds4 profile the int8 activation
 // quantisation turns a one-ulp input change into a whole quantisation step (about 1% of the draft
 // logits here), so it is compared in the plain profile.
-// The CUDA backend's check before any upload (engine/model/device_fit.h): the published trunk
-// and its sidecar need more device memory than an H100 has (the run on an H100 stops with this
-// line), and fit an H200.
-TEST(PublishedLayout, DeviceFitNamesWhatAnH100Lacks) {
-  ScratchDir dir;
-  const std::string trunk = dir.file("trunk.gguf"), side = dir.file("mtp.gguf");
-  const uint32_t layers = kAsan ? 4 : 0;
-  synth(trunk, "published", false, 0, false, layers);
-  synth(side, "published-mtp", false, 0, false, layers);
-  const auto model = ds4::Model::load(trunk, side);
-  int64_t expected = 0;
-  for (const ds4::GgufFile* f : {&model->file(), model->mtp_file()})
-    for (const ds4::GgufTensor& t : f->tensors())
-      if (t.name != "token_embd.weight") expected += static_cast<int64_t>(t.nbytes);
-  const int64_t need = ds4::device_weight_bytes(*model);
-  EXPECT_EQ(need, expected);
-  EXPECT_LT(need, static_cast<int64_t>(fs::file_size(trunk) + fs::file_size(side)));
-  if (kAsan) return;  // 4 layers fit any card
-  std::printf("published trunk + sidecar on the device: %lld bytes\n", static_cast<long long>(need));
-  constexpr int64_t kH100Free = int64_t{81008} << 20, kH200Free = int64_t{142540} << 20;  // MiB free, as read
-  const std::string err = ds4::device_fit_error(need, kH100Free, "NVIDIA H100 80GB HBM3", "free device memory");
-  char need_gib[32];
-  std::snprintf(need_gib, sizeof need_gib, "%.2f GiB", static_cast<double>(need) / (1 << 30));
-  EXPECT_EQ(err, "--backend cuda: the model's weights need " + std::to_string(need) + " bytes (" + need_gib +
-                     ") of device memory, NVIDIA H100 80GB HBM3 has " + std::to_string(kH100Free) +
-                     " (79.11 GiB, free device memory); nothing was uploaded");
-  EXPECT_EQ(ds4::device_fit_error(need, kH200Free, "NVIDIA H200", "free device memory"), "");
-}
-
 TEST(MtpSidecar, PairsToTheSingleFileModel) {
   ScratchDir dir;
   // The trunk is the shared tiny model (the bytes synth(..., "tiny") would write again).

@@ -12,7 +12,6 @@
 #include "backend/cuda/forward_cuda_impl.h"
 #include "ds4/cuda_backend.h"
 #include "ds4/error.h"
-#include "model/device_fit.h"
 #include "quant/quant_detail.h"
 
 namespace ds4 {
@@ -234,26 +233,9 @@ DLayer build_layer(const LayerWeights& L, const HParams& hp, const std::string& 
   return D;
 }
 
-// Refuses, before the first upload, a model whose weights cannot fit: in the device's free
-// memory, or under DS4_CUDA_MEM_LIMIT_MB (what is left of it). Caches and activations come on top
-// and keep their own out-of-memory error.
-void check_weights_fit(const Model& model) {
-  const int64_t need = device_weight_bytes(model);
-  int64_t available = static_cast<int64_t>(cuda::device_free_bytes());
-  std::string limited_by = "free device memory";
-  if (g_limit > 0 && g_limit - g_used < available) {
-    available = g_limit - g_used;
-    limited_by = "DS4_CUDA_MEM_LIMIT_MB cap " + std::to_string(g_limit.load()) + " bytes, " +
-                 std::to_string(g_used.load()) + " in use";
-  }
-  const std::string err = device_fit_error(need, available, cuda_device_info().name, limited_by);
-  if (!err.empty()) fail(err);
-}
-
 std::shared_ptr<DeviceWeights> build_weights(const Model& model) {
   const HParams& hp = model.hparams();
   const ModelWeights& w = model.weights();
-  check_weights_fit(model);
   auto dw = std::make_shared<DeviceWeights>();
   size_t& tot = dw->weight_bytes;
   for (uint32_t il = 0; il < hp.n_layer; ++il)

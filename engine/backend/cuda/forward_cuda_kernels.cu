@@ -19,11 +19,6 @@ void* device_malloc_or_null(size_t bytes) noexcept {
 void device_free(void* p) noexcept {
   if (p) (void)cudaFree(p);
 }
-size_t device_free_bytes() {
-  size_t free_bytes = 0, total_bytes = 0;
-  check(cudaMemGetInfo(&free_bytes, &total_bytes), "forward: cudaMemGetInfo");
-  return free_bytes;
-}
 // Pageable host -> device with cudaMemcpyAsync: the source is copied to a staging buffer before
 // the call returns (so the caller may free it), and unlike cudaMemcpy no device synchronisation
 // is performed first: the forward's small uploads (positions, candidate lists, routing) do not

@@ -20,8 +20,6 @@ namespace ds4::cuda {
 // cudaMalloc; nullptr on failure (the caller names the allocation in its error).
 void* device_malloc_or_null(size_t bytes) noexcept;
 void device_free(void* p) noexcept;
-// cudaMemGetInfo of the current device: bytes free now (throws naming the call).
-size_t device_free_bytes();
 // Throw ds4::Error naming the call. copy_h2d: queued on the default stream, the (pageable)
 // source may be reused when it returns; copy_d2h: waits for the queue and the copy.
 void copy_h2d(void* dst, const void* src, size_t bytes);

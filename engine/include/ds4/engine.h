@@ -69,7 +69,6 @@ class Model {
   bool has_mtp() const { return hp_.n_mtp > 0; }
   // The MTP sidecar paired with the trunk ("" if none: no MTP, or the block is in the trunk).
   const std::string& mtp_path() const { return mtp_path_; }
-  const GgufFile* mtp_file() const { return mtp_file_.get(); }  // the sidecar, or nullptr
 
  private:
   Model() = default;
