@@ -1,263 +1,290 @@
-// The attention sublayer for the N rows of a call (ds4-model.md §4.4-§4.6).
+// The attention sublayer of the graph for the N rows of a call (ds4-model.md §4.4-§4.6).
 //
 // Row-independent work is batched across rows (HC mixer, Q/KV projections, compressor and
-// indexer projections, output LoRA), each through ops/matmul/linear.h, which picks the exact
-// per-row kernel or a gated fast variant. Everything that reads or writes the caches runs row by
-// row in position order: KV store, compressor updates, indexer selection and attention of row r
-// see exactly the state N=1 decode sees at that position.
+// indexer projections, output LoRA), each through Impl::linear, which picks the exact per-row
+// kernel or a gated fast variant. The cache part runs over chunks of rows (one row on the CPU,
+// whose ring holds `window` rows; 256 on CUDA, whose ring holds window + chunk so that no row of
+// a chunk overwrites a position another row of it still sees): the chunk's KV rows are stored,
+// the compressors consume its rows in position order, then every row attends over its own
+// candidate list (raw positions p-window+1..p, then the compressed rows it sees: all of them, or
+// the indexer's top-k in top-k order) exactly as its decode would.
+// Storage numerics follow the profile: ds4 rounds KV rows through FP8 + F16 and indexer
+// rows/queries through Hadamard + FP4 (+ F16 for rows); plain keeps every stored row in F32.
+#include <algorithm>
 #include <cmath>
 
 #include "ds4/error.h"
 #include "forward/forward_impl.h"
-#include "ops/attention/attention.h"
-#include "ops/compressor/compressor.h"
 #include "ops/indexer/indexer.h"
-#include "ops/matmul/linear.h"
-#include "ops/norm/rmsnorm.h"
-#include "ops/numerics/qat.h"
 
 namespace ds4 {
 
-const char* Session::Impl::hc_mixes(const WeightRef& fn, const Rows& R, std::vector<float>* M) {
-  const int64_t hcd = static_cast<int64_t>(hp.n_hc) * hp.n_embd;
-  std::vector<float> Z(R.n * hcd);
-  for (int64_t r = 0; r < R.n; ++r) rmsnorm0_ref(&R.X[r * hcd], &Z[r * hcd], hcd, hp.eps);
-  M->assign(R.n * fn.out, 0.0f);
-  return linear(fn, Z.data(), R.n, M->data(), ctx(R.n));
-}
-
-std::vector<HcMix> Session::Impl::hc_pre(int il, const char* which, const WeightRef& fn, const Vec& scale,
-                                         const Vec& base, const Vec& norm, const Rows& R, std::vector<float>* XN) {
+void Session::Impl::hc_pre(int il, bool attn, const WeightRef& fn, const Vec& scale, const Vec& base,
+                           const Vec& norm, const Rows& R, float* XN) {
   const int64_t N = R.n, d = hp.n_embd, hcd = static_cast<int64_t>(hp.n_hc) * d;
-  const bool attn = std::string(which) == "attn";
-  std::vector<float> M;
-  const char* v_mix = hc_mixes(fn, R, &M);
-  tap_rows(il, attn ? Tap::hc_attn_mixes : Tap::hc_ffn_mixes, R, M, fn.out, v_mix);
-  std::vector<HcMix> mix(N);
-  XN->assign(N * d, 0.0f);
-  std::vector<float> x(d);
-  for (int64_t r = 0; r < N; ++r) {
-    mix[r] = hc_split_ref(&M[r * fn.out], hp.n_hc, scale.data(), base.data(), hp.sinkhorn_iters, hp.hc_eps);
-    hc_collapse_ref(&R.X[r * hcd], mix[r].pre.data(), hp.n_hc, d, x.data());
-    tap(il, attn ? Tap::hc_attn_pre : Tap::hc_ffn_pre, R.pos0 + r, x.data(), d, "hc_split__ref");
-    rmsnorm_ref(x.data(), norm.data(), &(*XN)[r * d], d, hp.eps);
-  }
-  tap_rows(il, attn ? Tap::attn_norm : Tap::ffn_norm, R, *XN, d, "rmsnorm__ref");
-  return mix;
+  const int n_hc = static_cast<int>(hp.n_hc);
+  float* Z = ops->fbuf("Z", N * hcd);
+  ops->rmsnorm(R.X, nullptr, Z, N, hcd);
+  float* M = ops->fbuf("M", N * fn.out);
+  const char* v_mix = linear(fn, Z, N, M);
+  tap(il, attn ? Tap::hc_attn_mixes : Tap::hc_ffn_mixes, R.pos0, N, M, fn.out, v_mix);
+  float* pre = ops->fbuf("hc_pre", N * n_hc);
+  float* post = ops->fbuf("hc_post", N * n_hc);
+  float* comb = ops->fbuf("hc_comb", N * n_hc * n_hc);
+  const char* v_split = ops->hc_split(M, scale, base, pre, post, comb, N);
+  float* x = ops->fbuf("hc_x", N * d);
+  const char* v_norm = ops->hc_collapse_norm(R.X, pre, norm, x, XN, N);
+  const Tap t_pre = attn ? Tap::hc_attn_pre : Tap::hc_ffn_pre;
+  tap(il, t_pre, R.pos0, N, x, d, v_split);
+  // A fault on the collapsed x must reach the norm: recompute it from the (perturbed) x.
+  if (fault_on(il, t_pre)) ops->rmsnorm(x, &norm, XN, N, d);
+  tap(il, attn ? Tap::attn_norm : Tap::ffn_norm, R.pos0, N, XN, d, v_norm);
 }
 
-void Session::Impl::attention_layer(int il, const LayerWeights& L, LayerState& S, Rows& R) {
-  const int64_t N = R.n, d = hp.n_embd, hd = hp.head_dim, hcd = static_cast<int64_t>(hp.n_hc) * d;
-  const int nh = static_cast<int>(hp.n_head), n_rot = static_cast<int>(hp.n_rot);
-  const RopeParams& rp = rope_for(L.ratio);
-  const ExecCtx c = ctx(N);
+void Session::Impl::hc_post(int il, Tap t, Rows& R, const float* Y) {
+  const int64_t N = R.n, n_hc = hp.n_hc;
+  const char* v = ops->hc_post(R.X, Y, ops->fbuf("hc_post", N * n_hc), ops->fbuf("hc_comb", N * n_hc * n_hc), R.X2, N);
+  std::swap(R.X, R.X2);
+  tap(il, t, R.pos0, N, R.X, static_cast<size_t>(n_hc) * hp.n_embd, v);
+}
 
-  // HC pre + attn_norm.
-  std::vector<float> XN;
-  const std::vector<HcMix> mix = hc_pre(il, "attn", L.hc_attn_fn, L.hc_attn_scale, L.hc_attn_base, L.attn_norm, R, &XN);
+void Session::Impl::attention_layer(int il, int block, const LayerWeights& L, Rows& R) {
+  const int64_t N = R.n, d = hp.n_embd, hd = hp.head_dim;
+  const int nh = static_cast<int>(hp.n_head);
+  const RopeKind rk = L.ratio == 0 ? RopeKind::main : RopeKind::compressed;
+
+  float* XN = ops->fbuf("XN", N * d);
+  hc_pre(il, true, L.hc_attn_fn, L.hc_attn_scale, L.hc_attn_base, L.attn_norm, R, XN);
 
   // Q path: qr = RMSNorm(W_q_a xn); q_h = RoPE(RMSNorm0((W_q_b qr)_h)).
-  std::vector<float> QR(N * hp.q_lora), Q(N * nh * hd), KV(N * hd);
-  const char* v_qa = linear(L.q_a, XN.data(), N, QR.data(), c);
-  for (int64_t r = 0; r < N; ++r) rmsnorm_ref(&QR[r * hp.q_lora], L.q_a_norm.data(), &QR[r * hp.q_lora], hp.q_lora, hp.eps);
-  tap_rows(il, Tap::qr_norm, R, QR, hp.q_lora, v_qa);
-  const char* v_qb = linear(L.q_b, QR.data(), N, Q.data(), c);
-  for (int64_t r = 0; r < N; ++r) {
-    for (int h = 0; h < nh; ++h) {
-      float* qh = &Q[(r * nh + h) * hd];
-      rmsnorm0_ref(qh, qh, hd, hp.eps);
-      rope_tail_ref(qh, static_cast<int>(hd), n_rot, R.pos0 + r, rp, false);
-    }
-  }
-  tap_rows(il, Tap::q, R, Q, nh * hd, v_qb);
+  float* QR = ops->fbuf("QR", N * hp.q_lora);
+  const char* v_qa = linear(L.q_a, XN, N, QR);
+  ops->rmsnorm(QR, &L.q_a_norm, QR, N, hp.q_lora);
+  tap(il, Tap::qr_norm, R.pos0, N, QR, hp.q_lora, v_qa);
+  float* Q = ops->fbuf("Q", N * nh * hd);
+  const char* v_qb = linear(L.q_b, QR, N, Q);
+  ops->rmsnorm(Q, nullptr, Q, N * nh, hd);
+  ops->rope(Q, N, nh, static_cast<int>(hd), R.pos.data(), rk, false);
+  tap(il, Tap::q, R.pos0, N, Q, nh * hd, v_qb);
 
-  // KV path: one shared row per token, with the profile's storage numerics.
-  const char* v_kv = linear(L.kv, XN.data(), N, KV.data(), c);
-  for (int64_t r = 0; r < N; ++r) {
-    float* kv = &KV[r * hd];
-    rmsnorm_ref(kv, L.kv_norm.data(), kv, hd, hp.eps);
-    rope_tail_ref(kv, static_cast<int>(hd), n_rot, R.pos0 + r, rp, false);
-    if (opt.profile == Profile::Ds4) {
-      kv_fp8_roundtrip_ref(kv, static_cast<int>(hp.nope()));
-      round_f16_inplace(kv, hd);
-    }
-  }
-  tap_rows(il, Tap::kv, R, KV, hd, v_kv);
+  // KV path: one shared row per token, in the profile's storage numerics.
+  float* KV = ops->fbuf("KV", N * hd);
+  const char* v_kv = linear(L.kv, XN, N, KV);
+  ops->rmsnorm(KV, &L.kv_norm, KV, N, hd);
+  ops->rope(KV, N, 1, static_cast<int>(hd), R.pos.data(), rk, false);
+  if (opt.profile == Profile::Ds4) ops->kv_fp8_f16(KV, N, static_cast<int>(hd));
+  tap(il, Tap::kv, R.pos0, N, KV, hd, v_kv);
 
-  // Compressor and indexer projections (row-independent).
-  std::vector<float> CA, CG, IA, IG, QI, WI;
+  // Compressor and indexer projections (row-independent), APE added to the scores.
+  float *CA = nullptr, *CG = nullptr, *IA = nullptr, *IG = nullptr, *QI = nullptr, *WI = nullptr;
   const char* v_qi = nullptr;
   const char* v_wi = nullptr;
   if (L.ratio != 0) {
-    CA.resize(N * L.comp_kv.out);
-    CG.resize(N * L.comp_gate.out);
-    linear(L.comp_kv, XN.data(), N, CA.data(), c);
-    linear(L.comp_gate, XN.data(), N, CG.data(), c);
+    CA = ops->fbuf("CA", N * L.comp_kv.out);
+    CG = ops->fbuf("CG", N * L.comp_gate.out);
+    linear(L.comp_kv, XN, N, CA);
+    linear(L.comp_gate, XN, N, CG);
+    ops->ape_add(CG, L.comp_ape, N, static_cast<int>(L.comp_gate.out), static_cast<int>(L.ratio), R.pos0);
   }
   if (L.ratio == 4) {
-    IA.resize(N * L.idx_comp_kv.out);
-    IG.resize(N * L.idx_comp_gate.out);
-    QI.resize(N * L.idx_q_b.out);
-    WI.resize(N * L.idx_proj.out);
-    linear(L.idx_comp_kv, XN.data(), N, IA.data(), c);
-    linear(L.idx_comp_gate, XN.data(), N, IG.data(), c);
-    v_qi = linear(L.idx_q_b, QR.data(), N, QI.data(), c);
-    v_wi = linear(L.idx_proj, XN.data(), N, WI.data(), c);
+    IA = ops->fbuf("IA", N * L.idx_comp_kv.out);
+    IG = ops->fbuf("IG", N * L.idx_comp_gate.out);
+    QI = ops->fbuf("QI", N * L.idx_q_b.out);
+    WI = ops->fbuf("WI", N * L.idx_proj.out);
+    linear(L.idx_comp_kv, XN, N, IA);
+    linear(L.idx_comp_gate, XN, N, IG);
+    v_qi = linear(L.idx_q_b, QR, N, QI);
+    v_wi = linear(L.idx_proj, XN, N, WI);
+    ops->ape_add(IG, L.idx_comp_ape, N, static_cast<int>(L.idx_comp_gate.out), 4, R.pos0);
   }
 
-  // Sequential part: caches, selection, attention, inverse RoPE.
-  std::vector<float> O(N * nh * hd);
-  const int64_t batch_final_rows = L.ratio == 4 ? (R.pos0 + N) / 4 : 0;
-  for (int64_t r = 0; r < N; ++r) {
-    const int64_t p = R.pos0 + r;
-    std::memcpy(&S.raw[static_cast<size_t>(p % hp.window) * hd], &KV[r * hd], hd * sizeof(float));
-    if (L.ratio != 0) compress_row(il, L, S, false, &CA[r * L.comp_kv.out], &CG[r * L.comp_gate.out], p);
-    if (L.ratio == 4) compress_row(il, L, S, true, &IA[r * L.idx_comp_kv.out], &IG[r * L.idx_comp_gate.out], p);
-    float* o = &O[r * nh * hd];
-    const char* v_att = attend_row(il, L, S, c, &Q[r * nh * hd], L.ratio == 4 ? &QI[r * L.idx_q_b.out] : nullptr,
-                                   L.ratio == 4 ? &WI[r * L.idx_proj.out] : nullptr, v_qi, v_wi, p, batch_final_rows, o);
-    tap(il, Tap::kqv_out, p, o, nh * hd, v_att);
-    for (int h = 0; h < nh; ++h) rope_tail_ref(o + h * hd, static_cast<int>(hd), n_rot, p, rp, true);
-    tap(il, Tap::attn_derope, p, o, nh * hd, v_att);
-  }
+  float* O = ops->fbuf("O", N * nh * hd);
+  const int64_t chunk = ops->chunk_rows();
+  for (int64_t r0 = 0; r0 < N; r0 += chunk)
+    attention_chunk(il, block, L, R, r0, std::min(N, r0 + chunk), Q, QI, WI, KV, CA, CG, IA, IG, O, v_qi, v_wi);
 
   // Grouped output LoRA: u_g = A_g concat(o of group g's heads); y = B concat(u).
-  const int64_t group_in = static_cast<int64_t>(hp.heads_per_group()) * hd, o_lora = hp.o_lora;
-  const int64_t u_width = o_lora * hp.o_groups;
-  std::vector<float> U(N * u_width), Y(N * d), Og(N * group_in), Ug(N * o_lora);
-  const char* v_outa = gate_info(Gate::attn_out_a_gemm).exact_variant;
-  for (uint32_t g = 0; g < hp.o_groups; ++g) {
-    for (int64_t r = 0; r < N; ++r)
-      std::memcpy(&Og[r * group_in], &O[r * nh * hd + g * group_in], group_in * sizeof(float));
-    const WeightRef A = L.out_a.rows(static_cast<int64_t>(g) * o_lora, o_lora);
-    if (c.fast(Gate::attn_out_a_gemm)) {
-      linear_gemm(A, Og.data(), N, Ug.data(), c);
-      v_outa = gate_info(Gate::attn_out_a_gemm).fast_variant;
-    } else {
-      for (int64_t r = 0; r < N; ++r) matvec_ref(A, &Og[r * group_in], &Ug[r * o_lora], opt.profile, &pool);
-    }
-    for (int64_t r = 0; r < N; ++r)
-      std::memcpy(&U[r * u_width + g * o_lora], &Ug[r * o_lora], o_lora * sizeof(float));
-  }
-  tap_rows(il, Tap::attn_wo_a, R, U, u_width, v_outa);
-  const char* v_outb = linear(L.out_b, U.data(), N, Y.data(), c);
-  tap_rows(il, Tap::attn_out, R, Y, d, v_outb);
-  std::vector<float> Xn(hcd);
-  for (int64_t r = 0; r < N; ++r) {
-    hc_post_ref(&R.X[r * hcd], &Y[r * d], mix[r], hp.n_hc, d, Xn.data());
-    std::memcpy(&R.X[r * hcd], Xn.data(), hcd * sizeof(float));
-    tap(il, Tap::hc_attn_post, R.pos0 + r, Xn.data(), hcd, "hc_post__ref");
-  }
+  const int64_t u_width = static_cast<int64_t>(hp.o_lora) * hp.o_groups;
+  float* U = ops->fbuf("U", N * u_width);
+  const GateInfo& ga = gate_info(Gate::attn_out_a_gemm);
+  const bool gemm = fast(Gate::attn_out_a_gemm, N);
+  ops->matmul_grouped(L.out_a, static_cast<int>(hp.o_groups), O, N, U, gemm ? MatmulKind::gemm : MatmulKind::exact);
+  tap(il, Tap::attn_wo_a, R.pos0, N, U, u_width, gemm ? ga.fast_variant : ga.exact_variant);
+  float* Y = ops->fbuf("Y", N * d);
+  const char* v_outb = linear(L.out_b, U, N, Y);
+  tap(il, Tap::attn_out, R.pos0, N, Y, d, v_outb);
+  hc_post(il, Tap::hc_attn_post, R, Y);
 }
 
-// Stores a token's compressor projections; on a window end appends the pooled row after RMSNorm,
-// RoPE at the window's first position and the stream's storage numerics.
-void Session::Impl::compress_row(int il, const LayerWeights& L, LayerState& S, bool indexer, const float* a,
-                                 const float* g_in, int64_t p) {
-  CompressorState& C = indexer ? S.idx_comp : S.comp;
-  const Vec& ape = indexer ? L.idx_comp_ape : L.comp_ape;
-  std::vector<float> g(g_in, g_in + C.width), row(C.head_dim);
-  const float* ape_u = ape.data() + static_cast<size_t>(p % C.ratio) * C.width;
-  for (int j = 0; j < C.width; ++j) g[j] += ape_u[j];
-  if (!compressor_push_ref(C, a, g.data(), p, row.data())) return;
-  rmsnorm_ref(row.data(), (indexer ? L.idx_comp_norm : L.comp_norm).data(), row.data(), C.head_dim, hp.eps);
-  rope_tail_ref(row.data(), C.head_dim, static_cast<int>(hp.n_rot), p + 1 - C.ratio, rope_comp, false);
+// Feeds rows p0.. of one compressor and finishes the rows it emits (RMSNorm, RoPE at the
+// window's first position, the stream's storage numerics), each tapped at its window end.
+void Session::Impl::compress(int il, int block, const LayerWeights& L, bool indexer, const float* A,
+                             const float* G, int64_t stride, int64_t p0, int64_t n_rows) {
+  const int ratio = indexer ? 4 : static_cast<int>(L.ratio);
+  const int rw = static_cast<int>(indexer ? hp.idx_head_dim : hp.head_dim);
+  std::vector<int64_t> emit_pos;
+  float* out = ops->compress(block, indexer, A, G, stride, p0, n_rows, &emit_pos);
+  const int64_t k = static_cast<int64_t>(emit_pos.size());
+  if (k == 0) return;
+  std::vector<int64_t> rope_pos(k);
+  for (int64_t j = 0; j < k; ++j) rope_pos[j] = emit_pos[j] + 1 - ratio;
+  ops->rmsnorm(out, indexer ? &L.idx_comp_norm : &L.comp_norm, out, k, rw);
+  ops->rope(out, k, 1, rw, rope_pos.data(), RopeKind::compressed, false);
   if (opt.profile == Profile::Ds4) {
-    if (indexer) {
-      hadamard_ref(row.data(), C.head_dim);
-      fp4_roundtrip_ref(row.data(), C.head_dim);
-    } else {
-      kv_fp8_roundtrip_ref(row.data(), static_cast<int>(hp.nope()));
-    }
-    round_f16_inplace(row.data(), C.head_dim);
+    if (indexer) ops->indexer_qat(out, k, rw, true);
+    else ops->kv_fp8_f16(out, k, rw);
   }
-  const Tap name = indexer ? Tap::lid_state_compress : (L.ratio == 4 ? Tap::csa_state_compress : Tap::hca_state_compress);
-  tap(il, name, p, row.data(), row.size(), "compressor_pool__ref");
-  (indexer ? S.idx_rows : S.comp_rows).insert((indexer ? S.idx_rows : S.comp_rows).end(), row.begin(), row.end());
+  const Tap t = indexer ? Tap::lid_state_compress : (L.ratio == 4 ? Tap::csa_state_compress : Tap::hca_state_compress);
+  if (tapping())
+    for (int64_t j = 0; j < k; ++j) tap(il, t, emit_pos[j], 1, out + j * rw, rw, ops->compress_variant());
 }
 
-// Selection and attention of one row. Returns the attention variant used.
-const char* Session::Impl::attend_row(int il, const LayerWeights& L, LayerState& S, const ExecCtx& c,
-                                      const float* q, const float* qi_in, float* wi, const char* v_qi,
-                                      const char* v_wi, int64_t p, int64_t batch_final_rows, float* o) {
-  const int64_t hd = hp.head_dim;
-  const int nh = static_cast<int>(hp.n_head);
-  std::vector<const float*> rows;
-  const int64_t first = std::max<int64_t>(0, p - hp.window + 1);
-  for (int64_t t = first; t <= p; ++t) rows.push_back(&S.raw[static_cast<size_t>(t % hp.window) * hd]);
-  const int64_t n_comp = static_cast<int64_t>(S.comp_rows.size() / hd);
+void Session::Impl::attention_chunk(int il, int block, const LayerWeights& L, const Rows& R, int64_t r0,
+                                    int64_t r1, float* Q, const float* QIall, float* WI, const float* KV,
+                                    const float* CA, const float* CG, const float* IA, const float* IG, float* O,
+                                    const char* v_qi, const char* v_wi) {
+  const int64_t hd = hp.head_dim, ihd = hp.idx_head_dim, W = hp.window, nc = r1 - r0;
+  const int nh = static_cast<int>(hp.n_head), nih = static_cast<int>(hp.n_idx_head);
+  const int64_t p0 = R.pos0 + r0, ring = ops->ring_rows(block);
 
-  bool indexed = false;
-  if (L.ratio == 4) {
-    // Decode decides dense vs indexed from this row's visible count; the batch-wide dispatch
-    // (fast) from the count at the end of the batch.
-    const bool batchwide = c.fast(Gate::dispatch_batchwide);
-    const int64_t deciding = batchwide ? batch_final_rows : n_comp;
-    indexed = deciding > static_cast<int64_t>(hp.idx_top_k);
-    float flag = indexed ? 1.0f : 0.0f;  // 1 = indexed attention, 0 = dense
-    tap(il, Tap::attn_dispatch, p, &flag, 1, gate_info(Gate::dispatch_batchwide).*(batchwide ? &GateInfo::fast_variant : &GateInfo::exact_variant));
+  // 1. Raw KV rows into the ring; 2. the compressors, in position order.
+  ops->store_raw(block, KV + r0 * hd, p0, nc);
+  if (L.ratio != 0) compress(il, block, L, false, CA + r0 * L.comp_kv.out, CG + r0 * L.comp_kv.out, L.comp_kv.out, p0, nc);
+  if (L.ratio == 4)
+    compress(il, block, L, true, IA + r0 * L.idx_comp_kv.out, IG + r0 * L.idx_comp_kv.out, L.idx_comp_kv.out, p0, nc);
+
+  // 3. Per row: raw only, dense over all compressed rows, or indexed (ratio 4). Decode decides
+  // dense vs indexed from the row's visible count; the batch-wide dispatch (fast) from the count
+  // at the end of the batch.
+  const bool batchwide = fast(Gate::dispatch_batchwide, R.n);
+  const int64_t batch_final = L.ratio == 4 ? (R.pos0 + R.n) / 4 : 0;
+  const int top_k = static_cast<int>(hp.idx_top_k);
+  std::vector<int32_t> n_comp(nc), n_raw(nc), n_cand(nc);
+  std::vector<char> indexed(nc, 0);
+  std::vector<AttnKind> kind(nc);
+  std::vector<const char*> vname(nc);
+  int64_t max_cand = 1, i0 = -1, i1 = -1;
+  for (int64_t r = 0; r < nc; ++r) {
+    const int64_t p = p0 + r;
+    n_comp[r] = L.ratio ? static_cast<int32_t>((p + 1) / L.ratio) : 0;
+    n_raw[r] = static_cast<int32_t>(p - std::max<int64_t>(0, p - W + 1) + 1);
+    if (L.ratio == 4) {
+      indexed[r] = (batchwide ? batch_final : n_comp[r]) > top_k;
+      float flag = indexed[r] ? 1.0f : 0.0f;  // 1 = indexed attention, 0 = dense
+      const GateInfo& gd = gate_info(Gate::dispatch_batchwide);
+      tap_host(il, Tap::attn_dispatch, p, &flag, 1, batchwide ? gd.fast_variant : gd.exact_variant);
+    }
+    const int32_t used = indexed[r] ? std::min(top_k, n_comp[r]) : n_comp[r];
+    n_cand[r] = n_raw[r] + used;
+    max_cand = std::max<int64_t>(max_cand, n_cand[r]);
+    if (indexed[r]) {
+      if (i0 < 0) i0 = r;
+      if (i1 >= 0 && i1 != r) fail("forward: indexed rows of a chunk are not contiguous");
+      i1 = r + 1;
+      const bool online = fast(Gate::indexed_attn_online, R.n);
+      kind[r] = online ? AttnKind::indexed_online : AttnKind::indexed_scalar;
+      vname[r] = online ? "attn_indexed__heads8_online" : "attn_indexed__scalar";
+    } else if (n_comp[r] > 0) {
+      const bool lane8 = fast(Gate::dense_attn_ntokens, R.n);
+      kind[r] = lane8 ? AttnKind::dense_lane8 : AttnKind::dense_serial;
+      vname[r] = lane8 ? "attn_dense__lane8_dot" : "attn_dense__serial_dot";
+    } else {
+      kind[r] = AttnKind::dense_serial;
+      vname[r] = "attn_raw__serial_dot";
+    }
   }
-  if (indexed) {
-    const int ihd = static_cast<int>(hp.idx_head_dim), nih = static_cast<int>(hp.n_idx_head);
-    std::vector<float> qi(qi_in, qi_in + static_cast<size_t>(nih) * ihd), scores(n_comp);
-    for (int h = 0; h < nih; ++h) {
-      float* qh = qi.data() + static_cast<size_t>(h) * ihd;
-      rope_tail_ref(qh, ihd, static_cast<int>(hp.n_rot), p, rope_comp, false);
-      if (opt.profile == Profile::Ds4) {
-        hadamard_ref(qh, ihd);
-        fp4_roundtrip_ref(qh, ihd);
+
+  // 4. Candidate lists (host index arithmetic; the indexed part is filled from the top-k below).
+  std::vector<int32_t> cand(static_cast<size_t>(nc) * max_cand, 0);
+  for (int64_t r = 0; r < nc; ++r) {
+    const int64_t p = p0 + r;
+    int32_t* c = &cand[r * max_cand];
+    int k = 0;
+    for (int64_t t = p - n_raw[r] + 1; t <= p; ++t) c[k++] = static_cast<int32_t>(t % ring);
+    if (!indexed[r])
+      for (int32_t j = 0; j < n_comp[r]; ++j) c[k++] = static_cast<int32_t>(ring + j);
+  }
+  int32_t* dcand = ops->ibuf("cand", cand.size());
+  int32_t* dncand = ops->ibuf("ncand", nc);
+  int32_t* dnraw = ops->ibuf("nraw", nc);
+  ops->upload(dcand, cand.data(), cand.size() * sizeof(int32_t));
+  ops->upload(dncand, n_cand.data(), nc * sizeof(int32_t));
+  ops->upload(dnraw, n_raw.data(), nc * sizeof(int32_t));
+
+  // 5. Indexer: queries, scores over the rows each token sees, top-k, candidates.
+  if (i0 >= 0) {
+    const int64_t ni = i1 - i0, ra = r0 + i0;
+    float* qi = ops->fbuf("lid_q", ni * nih * ihd);
+    ops->copy(qi, QIall + ra * nih * ihd, ni * nih * ihd * sizeof(float));
+    ops->rope(qi, ni, nih, static_cast<int>(ihd), R.pos.data() + ra, RopeKind::compressed, false);
+    if (opt.profile == Profile::Ds4) ops->indexer_qat(qi, ni * nih, static_cast<int>(ihd), false);
+    float* wi = WI + ra * nih;
+    // Provenance: the projection that produced them (idx_q_b, idx_proj), as for `q`.
+    if (tapping()) {
+      for (int64_t j = 0; j < ni; ++j) {
+        tap(il, Tap::lid_q, p0 + i0 + j, 1, qi + j * nih * ihd, nih * ihd, v_qi);
+        tap(il, Tap::lid_weights, p0 + i0 + j, 1, wi + j * nih, nih, v_wi);
       }
     }
-    // Provenance: the projection that produced them (idx_q_b, idx_proj), as for `q`.
-    tap(il, Tap::lid_q, p, qi.data(), qi.size(), v_qi);
-    tap(il, Tap::lid_weights, p, wi, nih, v_wi);
-    const char* v_score = "indexer_scores__direct_one";
-    if (c.fast(Gate::indexer_wmma)) {
-      indexer_scores_wmma(qi.data(), nih, ihd, wi, S.idx_rows.data(), n_comp, scores.data());
-      v_score = "indexer_scores__wmma_f16";
-    } else if (c.fast(Gate::indexer_direct_one)) {
-      indexer_scores_scalar(qi.data(), nih, ihd, wi, S.idx_rows.data(), n_comp, scores.data());
-      v_score = "indexer_scores__scalar";
-    } else {
-      indexer_scores_ref(qi.data(), nih, ihd, wi, S.idx_rows.data(), n_comp, scores.data());
-    }
-    tap(il, Tap::lid_score, p, scores.data(), scores.size(), v_score);
-    std::vector<int32_t> sel;
+    std::vector<int32_t> nvis(n_comp.begin() + i0, n_comp.begin() + i1);
+    int32_t* dnvis = ops->ibuf("nvis", ni);
+    ops->upload(dnvis, nvis.data(), ni * sizeof(int32_t));
+    const int64_t n_idx = ops->compressed_rows(block, true), stride = std::max<int64_t>(1, n_idx);
+    float* scores = ops->fbuf("scores", ni * stride);
+    const IndexerKind ik = fast(Gate::indexer_wmma, R.n)         ? IndexerKind::wmma_f16
+                           : fast(Gate::indexer_direct_one, R.n) ? IndexerKind::scalar
+                                                                 : IndexerKind::direct_one;
+    const char* v_score = ops->indexer_scores(block, qi, wi, dnvis, ni, scores, stride, ik);
+    if (tapping())
+      for (int64_t j = 0; j < ni; ++j) tap(il, Tap::lid_score, p0 + i0 + j, 1, scores + j * stride, nvis[j], v_score);
+    int32_t* idx = ops->ibuf("topk_idx", ni * top_k);
+    int32_t* cnt = ops->ibuf("topk_cnt", ni);
+    const char* v_topk;
     if (opt.topk_ties == TopkTies::TorchCpu) {
-      sel = topk_torch_cpu_ref(scores.data(), n_comp, hp.idx_top_k, opt.torch_queue_len);
-    } else if (c.fast(Gate::topk_resort)) {
-      sel = topk_ascending_ref(scores.data(), n_comp, hp.idx_top_k);
+      // Oracle mode only (the HF comparison): torch's CPU top-k tie order, reproduced by
+      // topk_torch_cpu_ref on the host scores, per row over its visible rows with the session's
+      // queue length; per row, so the same in a batch as in N = 1 decodes.
+      std::vector<float> hs(static_cast<size_t>(ni) * stride);
+      ops->download(hs.data(), scores, hs.size() * sizeof(float));
+      std::vector<int32_t> hidx(static_cast<size_t>(ni) * top_k, -1), hcnt(ni);
+      for (int64_t j = 0; j < ni; ++j) {
+        const std::vector<int32_t> sel = topk_torch_cpu_ref(&hs[j * stride], nvis[j], top_k, opt.torch_queue_len);
+        hcnt[j] = static_cast<int32_t>(sel.size());
+        std::copy(sel.begin(), sel.end(), hidx.begin() + j * top_k);
+      }
+      ops->upload(idx, hidx.data(), hidx.size() * sizeof(int32_t));
+      ops->upload(cnt, hcnt.data(), hcnt.size() * sizeof(int32_t));
+      v_topk = "topk__torch_cpu_host";
     } else {
-      sel = topk_score_order_ref(scores.data(), n_comp, hp.idx_top_k);
+      const TopkKind tk = fast(Gate::topk_resort, R.n) ? TopkKind::resort_ascending : TopkKind::score_order;
+      v_topk = ops->topk(scores, dnvis, ni, stride, top_k, idx, cnt, tk);
     }
-    if (*taps) {
-      std::vector<float> ids(sel.begin(), sel.end());
-      const char* v_topk = opt.topk_ties == TopkTies::TorchCpu ? "topk__torch_cpu_host"
-                           : c.fast(Gate::topk_resort)         ? "topk__resort_ascending"
-                                                               : "topk__score_order";
-      tap(il, Tap::lid_top_k, p, ids.data(), ids.size(), v_topk);
+    if (tapping()) {
+      std::vector<int32_t> hidx(ni * top_k);
+      ops->download(hidx.data(), idx, hidx.size() * sizeof(int32_t));
+      for (int64_t j = 0; j < ni; ++j) {
+        const int c = std::min(top_k, nvis[j]);
+        std::vector<float> ids(hidx.begin() + j * top_k, hidx.begin() + j * top_k + c);
+        tap_host(il, Tap::lid_top_k, p0 + i0 + j, ids.data(), ids.size(), v_topk);
+      }
     }
-    for (int32_t s : sel) rows.push_back(&S.comp_rows[static_cast<size_t>(s) * hd]);
-  } else {
-    for (int64_t k = 0; k < n_comp; ++k) rows.push_back(&S.comp_rows[static_cast<size_t>(k) * hd]);
+    ops->cand_indexed(dcand + i0 * max_cand, static_cast<int>(max_cand), dnraw + i0, idx, top_k, cnt, ni,
+                      static_cast<int32_t>(ring));
   }
 
-  using AttnFn = void (*)(const float*, const float* const*, int, int, float, float, float*);
-  AttnFn fn = attention_head_ref;
-  const char* variant = indexed ? "attn_indexed__scalar" : (n_comp > 0 ? "attn_dense__serial_dot" : "attn_raw__serial_dot");
-  if (indexed && c.fast(Gate::indexed_attn_online)) {
-    fn = attention_head_online;
-    variant = "attn_indexed__heads8_online";
-  } else if (!indexed && n_comp > 0 && c.fast(Gate::dense_attn_ntokens)) {
-    fn = attention_head_lane8;
-    variant = "attn_dense__lane8_dot";
+  // 6. Attention, one call per run of rows with the same kernel; then the inverse RoPE.
+  float* Oc = O + r0 * nh * hd;
+  for (int64_t a = 0; a < nc;) {
+    int64_t b = a + 1;
+    while (b < nc && kind[b] == kind[a]) ++b;
+    ops->attention(block, Q + (r0 + a) * nh * hd, dcand + a * max_cand, dncand + a, static_cast<int>(max_cand),
+                   L.sinks, Oc + a * nh * hd, b - a, kind[a]);
+    a = b;
   }
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  pool.parallel_for(nh, [&](int64_t a, int64_t b) {
-    for (int64_t h = a; h < b; ++h)
-      fn(q + h * hd, rows.data(), static_cast<int>(rows.size()), static_cast<int>(hd), scale, L.sinks[h], o + h * hd);
-  }, 1);
-  return variant;
+  tap(il, Tap::kqv_out, p0, nc, Oc, nh * hd, nullptr, &vname);
+  ops->rope(Oc, nc, nh, static_cast<int>(hd), R.pos.data() + r0, L.ratio == 0 ? RopeKind::main : RopeKind::compressed,
+            true);
+  tap(il, Tap::attn_derope, p0, nc, Oc, nh * hd, nullptr, &vname);
 }
 
 }  // namespace ds4

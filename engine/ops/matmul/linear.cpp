@@ -135,9 +135,22 @@ const char* gemm_variant(const WeightRef& w, const float* X, int64_t n, float* Y
   return "matmul_f32__gemm";
 }
 
+}  // namespace
+
+void gemm_f32_dequant(const WeightRef& w, const float* X, int64_t n_rows, float* Y, const ExecCtx& ctx) {
+  const WeightCache::Entry Wf =
+      ctx.cache->get(w.data, kF32Exact, n_weights(w), [&](float* out) { dequantize_all(w, false, out); });
+  gemm_blocks(Wf->data(), w.out, w.in, X, n_rows, Y, ctx.pool);
+}
+
+const char* linear_gemm(const WeightRef& w, const float* X, int64_t n_rows, float* Y, const ExecCtx& ctx) {
+  const bool round_act = w.type == QType::Q8_0 || w.type == QType::F16;
+  return gemm_variant(w, X, n_rows, Y, ctx, round_act);
+}
+
 // ds4's matmul_q8_0_preq_kernel order: lane t (of 256) sums blocks t, t+256, ... of
 // (dw*dx)*isum in F32, then a shared-memory halving tree (stride 128, 64, ..., 1).
-const char* preq_tree(const WeightRef& w, const float* X, int64_t n, float* Y, const ExecCtx& ctx) {
+const char* linear_preq_tree(const WeightRef& w, const float* X, int64_t n, float* Y, const ExecCtx& ctx) {
   const int64_t nb = w.in / 32;
   for (int64_t r = 0; r < n; ++r) {
     std::vector<float> d(nb);
@@ -169,42 +182,9 @@ const char* preq_tree(const WeightRef& w, const float* X, int64_t n, float* Y, c
   return "matmul_q8__preq_tree";
 }
 
-const char* per_row_exact(const WeightRef& w, const float* X, int64_t n, float* Y, const ExecCtx& ctx) {
+const char* linear_exact(const WeightRef& w, const float* X, int64_t n, float* Y, const ExecCtx& ctx) {
   for (int64_t r = 0; r < n; ++r) matvec_ref(w, X + r * w.in, Y + r * w.out, ctx.profile, ctx.pool);
   return "matvec__ref";
-}
-
-}  // namespace
-
-void gemm_f32_dequant(const WeightRef& w, const float* X, int64_t n_rows, float* Y, const ExecCtx& ctx) {
-  const WeightCache::Entry Wf =
-      ctx.cache->get(w.data, kF32Exact, n_weights(w), [&](float* out) { dequantize_all(w, false, out); });
-  gemm_blocks(Wf->data(), w.out, w.in, X, n_rows, Y, ctx.pool);
-}
-
-const char* linear_gemm(const WeightRef& w, const float* X, int64_t n_rows, float* Y, const ExecCtx& ctx) {
-  const bool round_act = w.type == QType::Q8_0 || w.type == QType::F16;
-  return gemm_variant(w, X, n_rows, Y, ctx, round_act);
-}
-
-const char* linear(const WeightRef& w, const float* X, int64_t n_rows, float* Y, const ExecCtx& ctx,
-                   Gate q8_gate) {
-  switch (w.type) {
-    case QType::Q8_0:
-      if (!ctx.fast(q8_gate)) break;
-      if (q8_gate == Gate::output_head_preq) return preq_tree(w, X, n_rows, Y, ctx);
-      return gemm_variant(w, X, n_rows, Y, ctx, true);
-    case QType::F16:
-      if (ctx.fast(Gate::f16_gemm)) return gemm_variant(w, X, n_rows, Y, ctx, true);
-      break;
-    case QType::F32:
-    case QType::BF16:
-      if (ctx.fast(Gate::f32_gemm)) return gemm_variant(w, X, n_rows, Y, ctx, false);
-      break;
-    default:
-      break;
-  }
-  return per_row_exact(w, X, n_rows, Y, ctx);
 }
 
 }  // namespace ds4

@@ -1,4 +1,4 @@
-// Batched linear layers: Y[r][o] = sum_i W[o][i] X[r][i] for n_rows rows, dispatched on gates.
+// Batched linear layers: Y[r][o] = sum_i W[o][i] X[r][i] for n_rows rows, one function per variant.
 //
 // Variants (names are the provenance strings; see engine/gates.def):
 //   matvec__ref            exact: per row, matvec_ref (the N=1 arithmetic, ops/matmul/matvec.h).
@@ -20,10 +20,12 @@
 
 namespace ds4 {
 
-// `q8_gate` names the gate that governs a Q8_0 weight at this call site (q8_gemm for the
-// projections in ds4's GEMM allow-list, output_head_preq for the others). Returns the variant.
-const char* linear(const WeightRef& w, const float* X, int64_t n_rows, float* Y, const ExecCtx& ctx,
-                   Gate q8_gate = Gate::q8_gemm);
+// The variant of each kernel family (which one runs is the forward graph's choice from the gates,
+// engine/forward/graph_matmul.cpp). Each returns its variant name.
+// matvec__ref: per row, matvec_ref (bit-equal to N = 1 decode).
+const char* linear_exact(const WeightRef& w, const float* X, int64_t n_rows, float* Y, const ExecCtx& ctx);
+// matmul_q8__preq_tree (Q8_0 weights only).
+const char* linear_preq_tree(const WeightRef& w, const float* X, int64_t n_rows, float* Y, const ExecCtx& ctx);
 
 // The GEMM variant itself (used by gates whose fast path is "a GEMM" whatever the weight type,
 // e.g. q8_pair and attn_out_a_gemm): F16-rounded weights and activations for Q8_0/F16 weights.
