@@ -25,7 +25,7 @@
 
 namespace ds4 {
 
-// The kernel family of a weight matmul, chosen by the graph from the gates (graph_matmul.cpp).
+// The kernel family of a weight matmul, chosen by the graph from the gates (graph.cpp).
 enum class MatmulKind {
   exact,      // per row the N = 1 kernel's arithmetic (bit-equal to decode)
   gemm,       // the batched GEMM of the weight type (q8_gemm, f16_gemm, f32_gemm, q8_pair, ...)
