@@ -113,7 +113,7 @@ float* CudaOps::compress(int block, bool indexer, const float* A, const float* G
 // ---- indexer and attention -------------------------------------------------------------------
 
 const char* CudaOps::indexer_scores(int block, const float* qi, const float* wi, const int32_t* n_visible,
-                                    int64_t n_tok, float* scores, int64_t, IndexerKind k) {
+                                    int64_t n_tok, float* scores, int64_t, const char* variant) {
   const DLayerState& S = state(block);
   cuda::IndexerArgs ia;
   ia.q = qi;
@@ -125,17 +125,14 @@ const char* CudaOps::indexer_scores(int block, const float* qi, const float* wi,
   ia.n_rows = S.n_idx;
   ia.n_head = static_cast<int>(hp.n_idx_head);
   ia.head_dim = static_cast<int>(hp.idx_head_dim);
-  const cuda::IndexerVariant iv = k == IndexerKind::wmma_f16 ? cuda::IndexerVariant::wmma_f16
-                                  : k == IndexerKind::scalar ? cuda::IndexerVariant::scalar
-                                                             : cuda::IndexerVariant::direct_one;
+  const cuda::IndexerVariant iv = cuda_variant<cuda::IndexerVariant>(variant);
   cuda::indexer_scores(ia, iv);
   return cuda::variant_name(iv);
 }
 
 const char* CudaOps::topk(const float* scores, const int32_t* n_visible, int64_t n_tok, int64_t stride, int k,
-                          int32_t* idx, int32_t* count, TopkKind kind) {
-  const cuda::TopkVariant tv =
-      kind == TopkKind::resort_ascending ? cuda::TopkVariant::resort_ascending : cuda::TopkVariant::score_order;
+                          int32_t* idx, int32_t* count, const char* variant) {
+  const cuda::TopkVariant tv = cuda_variant<cuda::TopkVariant>(variant);
   cuda::topk(scores, n_visible, n_tok, stride, k, idx, count, tv);
   return cuda::variant_name(tv);
 }
@@ -146,7 +143,7 @@ void CudaOps::cand_indexed(int32_t* cand, int max_cand, const int32_t* n_raw, co
 }
 
 void CudaOps::attention(int block, const float* q, const int32_t* cand, const int32_t* n_cand, int max_cand,
-                        const Vec& sinks, float* out, int64_t n_tok, AttnKind k) {
+                        const Vec& sinks, float* out, int64_t n_tok, const char* variant) {
   const int64_t hd = hp.head_dim;
   cuda::AttnArgs aa;
   aa.q = q;
@@ -160,11 +157,7 @@ void CudaOps::attention(int block, const float* q, const int32_t* cand, const in
   aa.head_dim = static_cast<int>(hd);
   aa.max_cand = max_cand;
   aa.scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const cuda::AttnVariant v = k == AttnKind::indexed_online ? cuda::AttnVariant::indexed_heads8_online
-                              : k == AttnKind::indexed_scalar ? cuda::AttnVariant::indexed_scalar
-                              : k == AttnKind::dense_lane8    ? cuda::AttnVariant::dense_lane8_dot
-                                                              : cuda::AttnVariant::dense_serial_dot;
-  cuda::attention(aa, v);
+  cuda::attention(aa, cuda_variant<cuda::AttnVariant>(variant));
 }
 
 }  // namespace ds4::cudafwd

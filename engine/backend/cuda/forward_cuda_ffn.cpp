@@ -21,7 +21,7 @@ namespace ds4::cudafwd {
 
 const char* CudaOps::routed_experts(const LayerWeights& L, const float* XN, int64_t N,
                                     const std::vector<int32_t>& experts, const std::vector<float>& weights, float clamp,
-                                    MoeKind kind, float* Y) {
+                                    const char* variant, float* Y) {
   const auto it = dw_->blocks.find(&L);
   if (it == dw_->blocks.end()) fail("CUDA forward: a block of the graph has no device weights");
   const DLayer& D = *it->second;
@@ -30,25 +30,24 @@ const char* CudaOps::routed_experts(const LayerWeights& L, const float* XN, int6
   cuda::copy_h2d(dexp, experts.data(), experts.size() * sizeof(int32_t));
   cuda::copy_h2d(dwts, weights.data(), weights.size() * sizeof(float));
   if (D.kquant_experts) {
-    const char* v = nullptr;
-    kquant_routed_experts(D, XN, N, dexp, dwts, clamp, kind, Y, &v);
-    return v;
+    const cuda::MoeVariant mv = cuda_variant<cuda::MoeVariant>(variant);
+    kquant_routed_experts(D, XN, N, dexp, dwts, clamp, mv, Y);
+    return cuda::variant_name(mv);
   }
   routed_experts_matvec(D, XN, N, experts, weights, clamp, Y);
   return "moe__matvec_exact";
 }
 
 // The k-quant mixes (raw GGUF bytes, types in D.gate_up_type / D.down_type): ds4::cuda::moe,
-// decode_lut or (gate moe_tiles: kind tiles) expert_tiles. dexp, dwts: (N, n_used) device routing.
+// decode_lut or (gate moe_tiles) expert_tiles. dexp, dwts: (N, n_used) device routing.
 void CudaOps::kquant_routed_experts(const DLayer& D, const float* XN, int64_t N, const int32_t* dexp,
-                                    const float* dwts, float clamp_exp, MoeKind kind, float* Y, const char** variant) {
+                                    const float* dwts, float clamp_exp, cuda::MoeVariant mv, float* Y) {
   const int64_t d = hp.n_embd;
   const int n_exp = static_cast<int>(hp.n_expert), n_used = static_cast<int>(hp.n_expert_used);
   // Exact stays decode_lut at every N. moe__sorted_exact (each expert's weights read once per
   // tile of its pairs, bit-equal to decode_lut; cuda_moe_test) was measured slower on an H100 at
   // the Flash MoE shape: 345 / 1612 / 7307 us against decode_lut's 123 / 798 / 6191 us at
   // N = 2 / 16 / 128 (reports/h100/issue12), so the strict path does not take it.
-  const cuda::MoeVariant mv = kind == MoeKind::tiles ? cuda::MoeVariant::expert_tiles : cuda::MoeVariant::decode_lut;
   cuda::MoeArgs ma;
   ma.gate = D.gate_exps.get();
   ma.up = D.up_exps.get();
@@ -68,7 +67,6 @@ void CudaOps::kquant_routed_experts(const DLayer& D, const float* XN, int64_t N,
   ma.limit = clamp_exp;
   ma.scratch = scratch("moe_scratch", cuda::moe_scratch_bytes(N, n_used, n_exp, d, hp.n_ff_exp, mv));
   cuda::moe(ma, mv);
-  *variant = cuda::variant_name(mv);
 }
 
 // moe__matvec_exact: routed experts of any other mix (F32/F16/Q8_0 slices, one CudaMatrix each),

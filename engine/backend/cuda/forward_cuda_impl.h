@@ -13,6 +13,7 @@
 #include "backend/cuda/ops_cuda.h"
 #include "ds4/cuda_matmul.h"
 #include "ds4/engine.h"
+#include "ds4/error.h"
 #include "forward/backend_ops.h"
 #include "forward/state.h"
 #include "forward/weights.h"
@@ -122,12 +123,29 @@ struct DLayerState {
   int64_t n_comp = 0, n_idx = 0, comp_cap = 0, idx_cap = 0;
 };
 
+// The enum value (ops_cuda.h) of the CUDA kernel of a variant of engine/variants.def, by the name
+// the forward graph picks from the gates: the enums are numbered 0, 1, ... and cuda::variant_name()
+// names each value (past the last, a name ending in "__unknown", or a repeat). Throws naming the
+// variant when this backend has no kernel for it. A new CUDA variant is its enum value and its
+// kernel, case and name in the .cu: nothing here changes.
+template <class E>
+E cuda_variant(const char* name) {
+  for (int i = 0; i < 64; ++i) {
+    const std::string n = cuda::variant_name(static_cast<E>(i));
+    if (n.size() > 9 && n.compare(n.size() - 9, 9, "__unknown") == 0) break;
+    if (n == name) return static_cast<E>(i);
+  }
+  fail(std::string("CUDA backend: no kernel for variant '") + name + "' (engine/gates.def lists it for cuda)");
+}
+
 // The BackendOps of the CUDA backend (forward/backend_ops.h): device buffers, the per-layer
 // device caches, and the kernels of ops_cuda.h / cuda_matmul.h. The graph (engine/forward) runs
 // the model; these are its ops.
 class CudaOps final : public BackendOps {
  public:
   CudaOps(std::shared_ptr<const Model> model, const SessionOptions& opt);
+
+  const char* name() const override { return "cuda"; }
 
   // ---- memory (forward_cuda.cpp) ----
   bool host_memory() const override { return false; }
@@ -175,23 +193,23 @@ class CudaOps final : public BackendOps {
                   int64_t n_rows, std::vector<int64_t>* emit_pos) override;
   const char* compress_variant() const override { return "compressor_pool__update"; }
   const char* indexer_scores(int block, const float* qi, const float* wi, const int32_t* n_visible, int64_t n_tok,
-                             float* scores, int64_t stride, IndexerKind k) override;
+                             float* scores, int64_t stride, const char* variant) override;
   const char* topk(const float* scores, const int32_t* n_visible, int64_t n_tok, int64_t stride, int k, int32_t* idx,
-                   int32_t* count, TopkKind kind) override;
+                   int32_t* count, const char* variant) override;
   void cand_indexed(int32_t* cand, int max_cand, const int32_t* n_raw, const int32_t* idx, int k, const int32_t* count,
                     int64_t n_rows, int32_t base) override;
   void attention(int block, const float* q, const int32_t* cand, const int32_t* n_cand, int max_cand, const Vec& sinks,
-                 float* out, int64_t n_tok, AttnKind k) override;
+                 float* out, int64_t n_tok, const char* variant) override;
 
   // ---- FFN (forward_cuda_ffn.cpp) ----
   const char* routed_experts(const LayerWeights& L, const float* XN, int64_t n, const std::vector<int32_t>& experts,
-                             const std::vector<float>& weights, float clamp, MoeKind kind, float* Y) override;
+                             const std::vector<float>& weights, float clamp, const char* variant, float* Y) override;
 
  private:
   const char* linear_gemm(const DMat& w, const float* x, int64_t n, float* y);
   const char* linear_exact(const DMat& w, const float* x, int64_t n, float* y);
   void kquant_routed_experts(const DLayer& D, const float* XN, int64_t N, const int32_t* dexp, const float* dwts,
-                             float clamp_exp, MoeKind kind, float* Y, const char** variant);
+                             float clamp_exp, cuda::MoeVariant mv, float* Y);
   void routed_experts_matvec(const DLayer& D, const float* XN, int64_t N, const std::vector<int32_t>& experts,
                              const std::vector<float>& weights, float clamp, float* Y);
   DLayerState make_state(uint32_t ratio, int64_t ring, const std::string& what);
