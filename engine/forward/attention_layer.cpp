@@ -12,7 +12,6 @@
 // rows/queries through Hadamard + FP4 (+ F16 for rows); plain keeps every stored row in F32.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 #include "ds4/error.h"
 #include "forward/forward_impl.h"
@@ -107,11 +106,10 @@ void Session::Impl::attention_layer(int il, int block, const LayerWeights& L, Ro
   // Grouped output LoRA: u_g = A_g concat(o of group g's heads); y = B concat(u).
   const int64_t u_width = static_cast<int64_t>(hp.o_lora) * hp.o_groups;
   float* U = ops->fbuf("U", N * u_width);
-  const char* exact_outa = "attn_out_a__grouped_warp8";
-  const char* v_outa = variant(exact_outa, N);
-  const MatmulKind k_outa = std::strcmp(v_outa, exact_outa) == 0 ? MatmulKind::exact : MatmulKind::gemm;
-  ops->matmul_grouped(L.out_a, static_cast<int>(hp.o_groups), O, N, U, k_outa);
-  tap(il, Tap::attn_wo_a, R.pos0, N, U, u_width, v_outa);
+  const GateInfo& ga = gate_info(Gate::attn_out_a_gemm);
+  const bool gemm = fast(Gate::attn_out_a_gemm, N);
+  ops->matmul_grouped(L.out_a, static_cast<int>(hp.o_groups), O, N, U, gemm ? MatmulKind::gemm : MatmulKind::exact);
+  tap(il, Tap::attn_wo_a, R.pos0, N, U, u_width, gemm ? ga.fast_variant : ga.exact_variant);
   float* Y = ops->fbuf("Y", N * d);
   const char* v_outb = linear(L.out_b, U, N, Y);
   tap(il, Tap::attn_out, R.pos0, N, Y, d, v_outb);
@@ -158,14 +156,13 @@ void Session::Impl::attention_chunk(int il, int block, const LayerWeights& L, co
   // 3. Per row: raw only, dense over all compressed rows, or indexed (ratio 4). Decode decides
   // dense vs indexed from the row's visible count; the batch-wide dispatch (fast) from the count
   // at the end of the batch.
-  const char* exact_dispatch = "dispatch__per_row_count";
-  const char* v_dispatch = variant(exact_dispatch, R.n);
-  const bool batchwide = std::strcmp(v_dispatch, exact_dispatch) != 0;
+  const bool batchwide = fast(Gate::dispatch_batchwide, R.n);
   const int64_t batch_final = L.ratio == 4 ? (R.pos0 + R.n) / 4 : 0;
   const int top_k = static_cast<int>(hp.idx_top_k);
   std::vector<int32_t> n_comp(nc), n_raw(nc), n_cand(nc);
   std::vector<char> indexed(nc, 0);
-  std::vector<const char*> kernel(nc), vname(nc);  // the kernel's variant; the one reported
+  std::vector<AttnKind> kind(nc);
+  std::vector<const char*> vname(nc);
   int64_t max_cand = 1, i0 = -1, i1 = -1;
   for (int64_t r = 0; r < nc; ++r) {
     const int64_t p = p0 + r;
@@ -174,7 +171,8 @@ void Session::Impl::attention_chunk(int il, int block, const LayerWeights& L, co
     if (L.ratio == 4) {
       indexed[r] = (batchwide ? batch_final : n_comp[r]) > top_k;
       float flag = indexed[r] ? 1.0f : 0.0f;  // 1 = indexed attention, 0 = dense
-      tap_host(il, Tap::attn_dispatch, p, &flag, 1, v_dispatch);
+      const GateInfo& gd = gate_info(Gate::dispatch_batchwide);
+      tap_host(il, Tap::attn_dispatch, p, &flag, 1, batchwide ? gd.fast_variant : gd.exact_variant);
     }
     const int32_t used = indexed[r] ? std::min(top_k, n_comp[r]) : n_comp[r];
     n_cand[r] = n_raw[r] + used;
@@ -183,11 +181,15 @@ void Session::Impl::attention_chunk(int il, int block, const LayerWeights& L, co
       if (i0 < 0) i0 = r;
       if (i1 >= 0 && i1 != r) fail("forward: indexed rows of a chunk are not contiguous");
       i1 = r + 1;
-      kernel[r] = vname[r] = variant("attn_indexed__scalar", R.n);
+      const bool online = fast(Gate::indexed_attn_online, R.n);
+      kind[r] = online ? AttnKind::indexed_online : AttnKind::indexed_scalar;
+      vname[r] = online ? "attn_indexed__heads8_online" : "attn_indexed__scalar";
     } else if (n_comp[r] > 0) {
-      kernel[r] = vname[r] = variant("attn_dense__serial_dot", R.n);
-    } else {  // raw window only: the exact dense kernel, reported as attn_raw
-      kernel[r] = "attn_dense__serial_dot";
+      const bool lane8 = fast(Gate::dense_attn_ntokens, R.n);
+      kind[r] = lane8 ? AttnKind::dense_lane8 : AttnKind::dense_serial;
+      vname[r] = lane8 ? "attn_dense__lane8_dot" : "attn_dense__serial_dot";
+    } else {
+      kind[r] = AttnKind::dense_serial;
       vname[r] = "attn_raw__serial_dot";
     }
   }
@@ -229,8 +231,10 @@ void Session::Impl::attention_chunk(int il, int block, const LayerWeights& L, co
     ops->upload(dnvis, nvis.data(), ni * sizeof(int32_t));
     const int64_t n_idx = ops->compressed_rows(block, true), stride = std::max<int64_t>(1, n_idx);
     float* scores = ops->fbuf("scores", ni * stride);
-    const char* v_score =
-        ops->indexer_scores(block, qi, wi, dnvis, ni, scores, stride, variant("indexer_scores__direct_one", R.n));
+    const IndexerKind ik = fast(Gate::indexer_wmma, R.n)         ? IndexerKind::wmma_f16
+                           : fast(Gate::indexer_direct_one, R.n) ? IndexerKind::scalar
+                                                                 : IndexerKind::direct_one;
+    const char* v_score = ops->indexer_scores(block, qi, wi, dnvis, ni, scores, stride, ik);
     if (tapping())
       for (int64_t j = 0; j < ni; ++j) tap(il, Tap::lid_score, p0 + i0 + j, 1, scores + j * stride, nvis[j], v_score);
     int32_t* idx = ops->ibuf("topk_idx", ni * top_k);
@@ -252,7 +256,8 @@ void Session::Impl::attention_chunk(int il, int block, const LayerWeights& L, co
       ops->upload(cnt, hcnt.data(), hcnt.size() * sizeof(int32_t));
       v_topk = "topk__torch_cpu_host";
     } else {
-      v_topk = ops->topk(scores, dnvis, ni, stride, top_k, idx, cnt, variant("topk__score_order", R.n));
+      const TopkKind tk = fast(Gate::topk_resort, R.n) ? TopkKind::resort_ascending : TopkKind::score_order;
+      v_topk = ops->topk(scores, dnvis, ni, stride, top_k, idx, cnt, tk);
     }
     if (tapping()) {
       std::vector<int32_t> hidx(ni * top_k);
@@ -271,9 +276,9 @@ void Session::Impl::attention_chunk(int il, int block, const LayerWeights& L, co
   float* Oc = O + r0 * nh * hd;
   for (int64_t a = 0; a < nc;) {
     int64_t b = a + 1;
-    while (b < nc && std::strcmp(kernel[b], kernel[a]) == 0) ++b;
+    while (b < nc && kind[b] == kind[a]) ++b;
     ops->attention(block, Q + (r0 + a) * nh * hd, dcand + a * max_cand, dncand + a, static_cast<int>(max_cand),
-                   L.sinks, Oc + a * nh * hd, b - a, kernel[a]);
+                   L.sinks, Oc + a * nh * hd, b - a, kind[a]);
     a = b;
   }
   tap(il, Tap::kqv_out, p0, nc, Oc, nh * hd, nullptr, &vname);

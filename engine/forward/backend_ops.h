@@ -11,10 +11,6 @@
 //            caches (KV ring, compressors, indexer rows), its device copies of the weights, and
 //            the kernels. Each op returns the variant name it ran (engine/variants.def): the
 //            provenance the graph reports in its taps.
-// Kernel variants: an op with gated variants takes the variant's name (`const char* variant`,
-// a line of engine/variants.def), which the graph picks from engine/gates.def (Impl::variant);
-// the backend looks the name up in the table next to its kernels (CPU: ops/<family>/*_fast.cpp;
-// CUDA: ops/<family>/*_cuda.cu), so a new variant behind a new gate is those three files.
 // Buffers: float* / int32_t* below are backend memory unless a parameter says "host". The graph
 // never dereferences them; it moves data with upload / download.
 // Weights are named by the model's own host objects (WeightRef, Vec of ModelWeights): a backend
@@ -22,7 +18,6 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
-#include <initializer_list>
 #include <vector>
 
 #include "forward/state.h"
@@ -30,20 +25,25 @@
 
 namespace ds4 {
 
-// The kernel family of a weight matmul, chosen by the graph from the gates (graph.cpp).
+// The kernel family of a weight matmul, chosen by the graph from the gates (graph_matmul.cpp).
 enum class MatmulKind {
   exact,      // per row the N = 1 kernel's arithmetic (bit-equal to decode)
   gemm,       // the batched GEMM of the weight type (q8_gemm, f16_gemm, f32_gemm, q8_pair, ...)
   preq_tree,  // Q8_0 output head: int8 activations, 256-lane block sums (output_head_preq)
 };
 
+// The attention kernel of a row: dense (its candidates are the raw window and every compressed
+// row it sees; a row that sees no compressed row runs dense_serial too, reported as attn_raw) or
+// indexed (the raw window and the indexer's top-k), the exact serial dot or a gated fast one.
+enum class AttnKind { dense_serial, dense_lane8, indexed_scalar, indexed_online };
+enum class IndexerKind { direct_one, scalar, wmma_f16 };
+enum class TopkKind { score_order, resort_ascending };
+enum class MoeKind { exact, tiles };
 enum class RopeKind { main, compressed };
 
 class BackendOps {
  public:
   virtual ~BackendOps() = default;
-  // "cpu" or "cuda": the name gates.def's `backends` column uses.
-  virtual const char* name() const = 0;
 
   // ---- memory ----
   // True when buffers are host memory: taps then read and perturb them in place.
@@ -120,60 +120,25 @@ class BackendOps {
   // Indexer scores of n_tok queries qi (n_tok, n_idx_head, idx_head_dim) with head weights wi
   // (n_tok, n_idx_head) over the block's first n_visible[j] indexer rows: scores (n_tok, stride).
   virtual const char* indexer_scores(int block, const float* qi, const float* wi, const int32_t* n_visible,
-                                     int64_t n_tok, float* scores, int64_t stride, const char* variant) = 0;
+                                     int64_t n_tok, float* scores, int64_t stride, IndexerKind k) = 0;
   // Top-k of each token's visible scores: idx (n_tok, k) (-1 past the count), count (n_tok).
   virtual const char* topk(const float* scores, const int32_t* n_visible, int64_t n_tok, int64_t stride, int k,
-                           int32_t* idx, int32_t* count, const char* variant) = 0;
+                           int32_t* idx, int32_t* count, TopkKind kind) = 0;
   // cand[r][n_raw[r] + j] = base + idx[r][j] for j < count[r].
   virtual void cand_indexed(int32_t* cand, int max_cand, const int32_t* n_raw, const int32_t* idx, int k,
                             const int32_t* count, int64_t n_rows, int32_t base) = 0;
   // Sink-softmax attention of n_tok rows q (n_tok, n_head, head_dim) over their candidate rows
-  // (cand (n_tok, max_cand): ring slots < ring_rows, then ring_rows + compressed row) with the
-  // kernel of `variant` (attn_dense__* or attn_indexed__*).
+  // (cand (n_tok, max_cand): ring slots < ring_rows, then ring_rows + compressed row).
   virtual void attention(int block, const float* q, const int32_t* cand, const int32_t* n_cand, int max_cand,
-                         const Vec& sinks, float* out, int64_t n_tok, const char* variant) = 0;
+                         const Vec& sinks, float* out, int64_t n_tok, AttnKind k) = 0;
 
   // ---- FFN ----
   // Y (n, d) = the routed experts of L for rows XN (n, d); experts, weights (n, n_used) host, in
-  // slot order. Returns the variant it ran (a backend without `variant`'s kernel for L's weight
-  // types runs its exact path for them and says so).
+  // slot order. Returns the variant (a backend without the kind's kernel for L's types runs its
+  // exact path and says so).
   virtual const char* routed_experts(const LayerWeights& L, const float* XN, int64_t n,
                                      const std::vector<int32_t>& experts, const std::vector<float>& weights,
-                                     float clamp, const char* variant, float* Y) = 0;
-
-  // ---- a new op's default ----
-  // A new op lands as its reference (ops/<family>/<op>_ref.cpp) behind a non-pure method here
-  // whose body runs the reference through on_host, so every backend runs it from the start; a
-  // backend's own kernel comes later as an override (CONTRIBUTING.md, "Adding an op").
-  struct HostSpan {
-    const float* data;  // backend memory
-    size_t n;           // floats
-  };
-  // Calls f(h) with h = host copies of `in` then `out` (on a host-memory backend, the buffers
-  // themselves), then writes the `out` copies back.
-  template <class F>
-  void on_host(std::initializer_list<HostSpan> in, std::initializer_list<HostSpan> out, F&& f) {
-    std::vector<float*> h;
-    if (host_memory()) {
-      for (const HostSpan& s : in) h.push_back(const_cast<float*>(s.data));
-      for (const HostSpan& s : out) h.push_back(const_cast<float*>(s.data));
-      f(h.data());
-      return;
-    }
-    std::vector<std::vector<float>> copies;
-    for (const HostSpan& s : in) {
-      copies.emplace_back(s.n);
-      download(copies.back().data(), s.data, s.n * sizeof(float));
-    }
-    for (const HostSpan& s : out) copies.emplace_back(s.n);
-    for (std::vector<float>& c : copies) h.push_back(c.data());
-    f(h.data());
-    size_t i = in.size();
-    for (const HostSpan& s : out) {
-      upload(const_cast<float*>(s.data), copies[i].data(), s.n * sizeof(float));
-      ++i;
-    }
-  }
+                                     float clamp, MoeKind kind, float* Y) = 0;
 };
 
 }  // namespace ds4

@@ -2,7 +2,6 @@
 // head (§4.8). The router's logits are a backend matmul; its selection (router_probs_ref,
 // route_ref) runs on the host for every backend, over the downloaded N x n_expert logits.
 #include <algorithm>
-#include <cstring>
 
 #include "ds4/error.h"
 #include "forward/forward_impl.h"
@@ -41,7 +40,8 @@ void Session::Impl::ffn_layer(int il, const LayerWeights& L, Rows& R, float clam
 
   // Routed experts.
   float* Y = ops->fbuf("Y", N * d);
-  const char* v_moe = ops->routed_experts(L, XN, N, experts, weights, clamp_exp, variant("moe__decode_lut", N), Y);
+  const MoeKind mk = fast(Gate::moe_tiles, N) ? MoeKind::tiles : MoeKind::exact;
+  const char* v_moe = ops->routed_experts(L, XN, N, experts, weights, clamp_exp, mk, Y);
   tap(il, Tap::ffn_moe_out, R.pos0, N, Y, d, v_moe);
 
   // Shared expert: gate/up pair, SwiGLU, down.
@@ -52,13 +52,13 @@ void Session::Impl::ffn_layer(int il, const LayerWeights& L, Rows& R, float clam
     float* Uu = ops->fbuf("sh_u", N * ff);
     float* H = ops->fbuf("sh_h", N * ff);
     float* S = ops->fbuf("sh_s", N * d);
-    const char* exact_pair = "shexp_gate_up__pair_warp8";
-    const char* v_pair = variant(exact_pair, N);
-    const MatmulKind pk = std::strcmp(v_pair, exact_pair) == 0 ? MatmulKind::exact : MatmulKind::gemm;
+    const GateInfo& pair = gate_info(Gate::q8_pair);
+    const bool pf = fast(Gate::q8_pair, N);
+    const MatmulKind pk = pf ? MatmulKind::gemm : MatmulKind::exact;
     ops->matmul(L.gate_sh, XN, N, G, pk);
     ops->matmul(L.up_sh, XN, N, Uu, pk);
     ops->swiglu(G, Uu, H, N * ff, clamp_sh);
-    tap(il, Tap::ffn_shexp_swiglu, R.pos0, N, H, ff, v_pair);
+    tap(il, Tap::ffn_shexp_swiglu, R.pos0, N, H, ff, pf ? pair.fast_variant : pair.exact_variant);
     const char* v_down = linear(L.down_sh, H, N, S);
     tap(il, Tap::ffn_shexp, R.pos0, N, S, d, v_down);
     v_add = ops->add(Y, S, N * d);

@@ -53,15 +53,10 @@ struct Session::Impl {
   void restore(const SessionState& s);
   void check_token(int32_t t) const;
 
-  // ---- gates -> kernel kinds (graph.cpp) ----
+  // ---- gates -> kernel kinds (graph_matmul.cpp) ----
   // True when the gate's fast variant applies to this call (gates only apply at N >= 2: N = 1 is
   // decode, always exact).
   bool fast(Gate g, int64_t n) const { return n >= 2 && opt.gates.fast(g); }
-  // The kernel variant of an op call of n rows whose exact (decode) variant is `exact`: the fast
-  // variant of the first gate of engine/gates.def with that exact variant that this backend
-  // implements and that is fast for the call, else `exact`. A new gate on an existing op is
-  // picked up from its gates.def line, with no change here.
-  const char* variant(const char* exact, int64_t n) const;
   // A weight matmul whose kernel family follows the gate of its weight type; `q8_gate` names the
   // gate of a Q8_0 weight at this call site (q8_gemm, or output_head_preq for the head).
   const char* linear(const WeightRef& w, const float* x, int64_t n, float* y, Gate q8_gate = Gate::q8_gemm);

@@ -154,12 +154,6 @@ const char* Session::Impl::linear(const WeightRef& wt, const float* x, int64_t n
   return ops->matmul(wt, x, n, y, k);
 }
 
-const char* Session::Impl::variant(const char* exact, int64_t n) const {
-  for (const GateInfo& g : all_gates())
-    if (std::strcmp(g.exact_variant, exact) == 0 && g.on_backend(ops->name()) && fast(g.gate, n)) return g.fast_variant;
-  return exact;
-}
-
 // ---- taps ------------------------------------------------------------------------------------
 
 void Session::Impl::tap_host(int layer, Tap t, int64_t p, float* data, size_t n, const char* variant) {

@@ -59,7 +59,8 @@ Backend backend_from_name(const std::string& name) {
   fail("unknown backend '" + name + "' (known: cpu, cuda)");
 }
 
-// The backend picks the ops; the graph is the same for every backend.
+// Dispatch: Backend::Cpu runs the graph (Impl) over the CPU ops, Backend::Cuda the CudaSession
+// (backend/cuda/forward_cuda.h).
 Session::Session(std::shared_ptr<const Model> model, SessionOptions options)
     : model_(std::move(model)), options_(options) {
   if (!model_) fail("Session: no model");
@@ -67,9 +68,10 @@ Session::Session(std::shared_ptr<const Model> model, SessionOptions options)
   if (options_.backend == Backend::Cuda && !model_->mtp_path().empty())
     fail("--backend cuda: the MTP block of a sidecar (" + model_->mtp_path() +
          ") runs on the CPU only for now (the CUDA forward has no e_proj/h_proj head)");
-  std::unique_ptr<BackendOps> ops = options_.backend == Backend::Cuda ? make_cuda_ops(model_, options_)
-                                                                      : make_cpu_ops(*model_, options_);
-  impl_ = std::make_unique<Impl>(*model_, options_, &taps_, std::move(ops));
+  if (options_.backend == Backend::Cuda)
+    cuda_ = CudaSession::create(model_, options_, &taps_);
+  else
+    impl_ = std::make_unique<Impl>(*model_, options_, &taps_, make_cpu_ops(*model_, options_));
 }
 
 Session::~Session() = default;
@@ -79,14 +81,27 @@ std::vector<float> Session::decode(int32_t token) {
   return forward(std::span<const int32_t>(t, 1));
 }
 
-std::vector<float> Session::forward(std::span<const int32_t> tokens) { return impl_->forward(tokens); }
-int64_t Session::pos() const { return impl_->pos; }
-std::shared_ptr<const SessionState> Session::snapshot() const { return impl_->snapshot(); }
-void Session::restore(const SessionState& state) { impl_->restore(state); }
-void Session::reset() { impl_->reset(); }
-std::vector<float> Session::mtp_draft(int32_t next_token) { return impl_->mtp_draft(next_token); }
+std::vector<float> Session::forward(std::span<const int32_t> tokens) {
+  return cuda_ ? cuda_->forward(tokens) : impl_->forward(tokens);
+}
+int64_t Session::pos() const { return cuda_ ? cuda_->pos() : impl_->pos; }
+std::shared_ptr<const SessionState> Session::snapshot() const {
+  return cuda_ ? cuda_->snapshot() : impl_->snapshot();
+}
+void Session::restore(const SessionState& state) {
+  if (cuda_) cuda_->restore(state);
+  else impl_->restore(state);
+}
+void Session::reset() {
+  if (cuda_) cuda_->reset();
+  else impl_->reset();
+}
+std::vector<float> Session::mtp_draft(int32_t next_token) {
+  return cuda_ ? cuda_->mtp_draft(next_token) : impl_->mtp_draft(next_token);
+}
 void Session::set_gates(const GateSet& gates) {
-  impl_->opt.gates = gates;
+  if (cuda_) cuda_->set_gates(gates);
+  else impl_->opt.gates = gates;
   options_.gates = gates;
 }
 

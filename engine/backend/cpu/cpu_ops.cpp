@@ -41,8 +41,6 @@ class CpuOps final : public BackendOps {
                              hp_.yarn_beta_slow, true);
   }
 
-  const char* name() const override { return "cpu"; }
-
   // ---- memory ----
   bool host_memory() const override { return true; }
   void* scratch(const char* name, size_t bytes) override {
@@ -220,24 +218,34 @@ class CpuOps final : public BackendOps {
   }
   const char* compress_variant() const override { return "compressor_pool__ref"; }
   const char* indexer_scores(int block, const float* qi, const float* wi, const int32_t* n_visible, int64_t n_tok,
-                             float* scores, int64_t stride, const char* variant) override {
-    const IndexerScoresFn fn = kernel(indexer_scores_variant(variant), variant);
+                             float* scores, int64_t stride, IndexerKind k) override {
     const LayerState& S = state(block);
     const int nih = static_cast<int>(hp_.n_idx_head), ihd = static_cast<int>(hp_.idx_head_dim);
-    for (int64_t j = 0; j < n_tok; ++j)
-      fn(qi + j * nih * ihd, nih, ihd, wi + j * nih, S.idx_rows.data(), n_visible[j], scores + j * stride);
-    return variant;
+    for (int64_t j = 0; j < n_tok; ++j) {
+      const float* q = qi + j * nih * ihd;
+      const float* w = wi + j * nih;
+      float* s = scores + j * stride;
+      switch (k) {
+        case IndexerKind::wmma_f16: indexer_scores_wmma(q, nih, ihd, w, S.idx_rows.data(), n_visible[j], s); break;
+        case IndexerKind::scalar: indexer_scores_scalar(q, nih, ihd, w, S.idx_rows.data(), n_visible[j], s); break;
+        case IndexerKind::direct_one: indexer_scores_ref(q, nih, ihd, w, S.idx_rows.data(), n_visible[j], s); break;
+      }
+    }
+    return k == IndexerKind::wmma_f16 ? "indexer_scores__wmma_f16"
+           : k == IndexerKind::scalar ? "indexer_scores__scalar"
+                                      : "indexer_scores__direct_one";
   }
   const char* topk(const float* scores, const int32_t* n_visible, int64_t n_tok, int64_t stride, int k, int32_t* idx,
-                   int32_t* count, const char* variant) override {
-    const TopkFn fn = kernel(topk_variant(variant), variant);
+                   int32_t* count, TopkKind kind) override {
+    const bool resort = kind == TopkKind::resort_ascending;
     for (int64_t j = 0; j < n_tok; ++j) {
-      const std::vector<int32_t> sel = fn(scores + j * stride, n_visible[j], k);
+      const std::vector<int32_t> sel = resort ? topk_ascending_ref(scores + j * stride, n_visible[j], k)
+                                              : topk_score_order_ref(scores + j * stride, n_visible[j], k);
       std::fill(idx + j * k, idx + (j + 1) * k, -1);
       std::copy(sel.begin(), sel.end(), idx + j * k);
       count[j] = static_cast<int32_t>(sel.size());
     }
-    return variant;
+    return resort ? "topk__resort_ascending" : "topk__score_order";
   }
   void cand_indexed(int32_t* cand, int max_cand, const int32_t* n_raw, const int32_t* idx, int k, const int32_t* count,
                     int64_t n_rows, int32_t base) override {
@@ -245,10 +253,13 @@ class CpuOps final : public BackendOps {
       for (int32_t j = 0; j < count[r]; ++j) cand[r * max_cand + n_raw[r] + j] = base + idx[r * k + j];
   }
   void attention(int block, const float* q, const int32_t* cand, const int32_t* n_cand, int max_cand, const Vec& sinks,
-                 float* out, int64_t n_tok, const char* variant) override {
+                 float* out, int64_t n_tok, AttnKind k) override {
     const LayerState& S = state(block);
     const int64_t hd = hp_.head_dim, nh = hp_.n_head, ring = hp_.window;
-    const AttentionHeadFn fn = kernel(attention_head_variant(variant), variant);
+    using AttnFn = void (*)(const float*, const float* const*, int, int, float, float, float*);
+    const AttnFn fn = k == AttnKind::dense_lane8      ? attention_head_lane8
+                      : k == AttnKind::indexed_online ? attention_head_online
+                                                      : attention_head_ref;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     std::vector<const float*> rows;
     for (int64_t t = 0; t < n_tok; ++t) {
@@ -268,16 +279,28 @@ class CpuOps final : public BackendOps {
 
   // ---- FFN ----
   const char* routed_experts(const LayerWeights& L, const float* XN, int64_t n, const std::vector<int32_t>& experts,
-                             const std::vector<float>& weights, float clamp, const char* variant, float* Y) override {
-    const MoeFn fn = kernel(moe_variant(variant), variant);
+                             const std::vector<float>& weights, float clamp, MoeKind kind, float* Y) override {
     const int64_t d = hp_.n_embd, n_used = hp_.n_expert_used;
     std::vector<Routing> routing(n);
     for (int64_t r = 0; r < n; ++r) {
       routing[r].experts.assign(experts.begin() + r * n_used, experts.begin() + (r + 1) * n_used);
       routing[r].weights.assign(weights.begin() + r * n_used, weights.begin() + (r + 1) * n_used);
     }
-    fn(L.gate_exps, L.up_exps, L.down_exps, XN, n, d, routing, clamp, ctx(), Y);
-    return variant;
+    if (kind == MoeKind::tiles) {
+      moe_expert_tiles(L.gate_exps, L.up_exps, L.down_exps, XN, n, d, routing, clamp, ctx(), Y);
+      return "moe__expert_tiles";
+    }
+    std::fill(Y, Y + n * d, 0.0f);
+    std::vector<float> ye(d);
+    for (int64_t r = 0; r < n; ++r) {
+      for (size_t s = 0; s < routing[r].experts.size(); ++s) {
+        const int32_t e = routing[r].experts[s];
+        expert_ffn_ref(L.gate_exps.expert(e), L.up_exps.expert(e), L.down_exps.expert(e), XN + r * d,
+                       routing[r].weights[s], clamp, profile_, &pool_, ye.data(), nullptr);
+        for (int64_t j = 0; j < d; ++j) Y[r * d + j] += ye[j];
+      }
+    }
+    return "moe__decode_lut";
   }
 
  private:
@@ -288,13 +311,6 @@ class CpuOps final : public BackendOps {
     c.pool = &pool_;
     c.cache = &cache_;
     return c;
-  }
-  // The kernel of a variant the graph picked (a gate whose fast variant the CPU lacks is listed
-  // for the CPU in gates.def by mistake: say so).
-  template <class Fn>
-  static Fn kernel(Fn fn, const char* variant) {
-    if (!fn) fail(std::string("CPU backend: no kernel for variant '") + variant + "' (engine/gates.def lists it for cpu)");
-    return fn;
   }
   LayerState& state(int block) { return block < static_cast<int>(hp_.n_layer) ? layers_[block] : mtp_[block - hp_.n_layer]; }
   const LayerState& state(int block) const {

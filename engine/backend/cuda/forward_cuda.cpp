@@ -1,6 +1,5 @@
-// The CUDA backend: device memory, the per-Model device weights, the device caches (reset, and
-// save/load in the CPU layout of SessionState) and the matmul kernels. The other ops are in
-// forward_cuda_attn.cpp and forward_cuda_ffn.cpp; forward_cuda.h has the design.
+// The CUDA forward: session, device state, per-Model weights cache, matmul dispatch and taps.
+// The sublayers are in forward_cuda_attn.cpp and forward_cuda_ffn.cpp; forward_cuda.h has the design.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -234,36 +233,6 @@ DLayer build_layer(const LayerWeights& L, const HParams& hp, const std::string& 
   return D;
 }
 
-// Records the device copy of each of L's host weights (by the host object's address, the name the
-// graph uses). Called once every DLayer is in its final place.
-void register_layer(const LayerWeights& L, const DLayer& D, DeviceWeights* dw) {
-  static const std::pair<WeightRef LayerWeights::*, DMat DLayer::*> kMats[] = {
-      {&LayerWeights::hc_attn_fn, &DLayer::hc_attn_fn}, {&LayerWeights::hc_ffn_fn, &DLayer::hc_ffn_fn},
-      {&LayerWeights::q_a, &DLayer::q_a}, {&LayerWeights::q_b, &DLayer::q_b}, {&LayerWeights::kv, &DLayer::kv},
-      {&LayerWeights::out_a, &DLayer::out_a}, {&LayerWeights::out_b, &DLayer::out_b},
-      {&LayerWeights::comp_kv, &DLayer::comp_kv}, {&LayerWeights::comp_gate, &DLayer::comp_gate},
-      {&LayerWeights::idx_q_b, &DLayer::idx_q_b}, {&LayerWeights::idx_proj, &DLayer::idx_proj},
-      {&LayerWeights::idx_comp_kv, &DLayer::idx_comp_kv}, {&LayerWeights::idx_comp_gate, &DLayer::idx_comp_gate},
-      {&LayerWeights::router, &DLayer::router}, {&LayerWeights::gate_sh, &DLayer::gate_sh},
-      {&LayerWeights::up_sh, &DLayer::up_sh}, {&LayerWeights::down_sh, &DLayer::down_sh},
-      {&LayerWeights::eh_proj, &DLayer::eh_proj}, {&LayerWeights::mtp_hc_fn, &DLayer::mtp_hc_fn}};
-  static const std::pair<Vec LayerWeights::*, DevMem DLayer::*> kVecs[] = {
-      {&LayerWeights::hc_attn_scale, &DLayer::hc_attn_scale}, {&LayerWeights::hc_attn_base, &DLayer::hc_attn_base},
-      {&LayerWeights::hc_ffn_scale, &DLayer::hc_ffn_scale}, {&LayerWeights::hc_ffn_base, &DLayer::hc_ffn_base},
-      {&LayerWeights::attn_norm, &DLayer::attn_norm}, {&LayerWeights::q_a_norm, &DLayer::q_a_norm},
-      {&LayerWeights::kv_norm, &DLayer::kv_norm}, {&LayerWeights::sinks, &DLayer::sinks},
-      {&LayerWeights::ffn_norm, &DLayer::ffn_norm}, {&LayerWeights::comp_ape, &DLayer::comp_ape},
-      {&LayerWeights::comp_norm, &DLayer::comp_norm}, {&LayerWeights::idx_comp_ape, &DLayer::idx_comp_ape},
-      {&LayerWeights::idx_comp_norm, &DLayer::idx_comp_norm}, {&LayerWeights::enorm, &DLayer::enorm},
-      {&LayerWeights::hnorm, &DLayer::hnorm}, {&LayerWeights::mtp_norm, &DLayer::mtp_norm},
-      {&LayerWeights::mtp_hc_base, &DLayer::mtp_hc_base}};
-  for (const auto& [host, dev] : kMats)
-    if (D.*dev) dw->mats[&(L.*host)] = &(D.*dev);
-  for (const auto& [host, dev] : kVecs)
-    if ((D.*dev).get()) dw->vecs[&(L.*host)] = &(D.*dev);
-  dw->blocks[&L] = &D;
-}
-
 std::shared_ptr<DeviceWeights> build_weights(const Model& model) {
   const HParams& hp = model.hparams();
   const ModelWeights& w = model.weights();
@@ -273,16 +242,10 @@ std::shared_ptr<DeviceWeights> build_weights(const Model& model) {
     dw->layers.push_back(build_layer(w.layers[il], hp, "blk." + std::to_string(il) + ".", &tot));
   for (uint32_t m = 0; m < w.mtp.size(); ++m)
     dw->mtp.push_back(build_layer(w.mtp[m], hp, "blk." + std::to_string(hp.n_layer + m) + ".", &tot));
-  for (uint32_t il = 0; il < hp.n_layer; ++il) register_layer(w.layers[il], dw->layers[il], dw.get());
-  for (uint32_t m = 0; m < w.mtp.size(); ++m) register_layer(w.mtp[m], dw->mtp[m], dw.get());
   dw->output = make_mat(w.output, 1, "output", &tot);
   dw->output_hc_fn = make_mat(w.output_hc_fn, 1, "output_hc_fn", &tot);
   dw->output_hc_base = vec(w.output_hc_base, "output_hc_base");
   dw->output_norm = vec(w.output_norm, "output_norm");
-  dw->mats[&w.output] = &dw->output;
-  dw->mats[&w.output_hc_fn] = &dw->output_hc_fn;
-  dw->vecs[&w.output_hc_base] = &dw->output_hc_base;
-  dw->vecs[&w.output_norm] = &dw->output_norm;
   dw->iq2_grid = upload(quant_detail::kIq2xxsGrid, 256 * sizeof(uint64_t), "iq2xxs grid");
   const RopeParams rm = rope_params(hp.n_rot, hp.rope_base, 1.0f, hp.yarn_orig_ctx, hp.yarn_beta_fast,
                                     hp.yarn_beta_slow, false);
@@ -327,10 +290,10 @@ std::shared_ptr<DeviceWeights> device_weights_for(const std::shared_ptr<const Mo
   return dw;
 }
 
-// ---- backend --------------------------------------------------------------------------------
+// ---- session ---------------------------------------------------------------------------------
 
-CudaOps::CudaOps(std::shared_ptr<const Model> model, const SessionOptions& opt)
-    : model_(std::move(model)), hp(model_->hparams()), w(model_->weights()), opt_(opt) {
+Impl::Impl(std::shared_ptr<const Model> model, const SessionOptions& opt, TapSink** taps)
+    : model_(std::move(model)), hp(model_->hparams()), w(model_->weights()), opt_(opt), taps_(taps) {
   if (opt_.profile == Profile::Plain) check_plain_types(w, hp.n_layer);
   if (hp.head_dim % 32 != 0 || hp.head_dim > 512)
     fail("--backend cuda: head_dim " + std::to_string(hp.head_dim) + " unsupported (multiple of 32, <= 512)");
@@ -342,9 +305,10 @@ CudaOps::CudaOps(std::shared_ptr<const Model> model, const SessionOptions& opt)
   for (uint32_t m = 0; m < hp.n_mtp; ++m)
     mtp_st_.push_back(make_state(0, hp.window, "MTP block " + std::to_string(m) + " "));
   last_hc_ = DevMem(static_cast<size_t>(hp.n_hc) * hp.n_embd * 4, "last HC state");
+  reset();
 }
 
-DLayerState CudaOps::make_state(uint32_t ratio, int64_t ring, const std::string& p) {
+DLayerState Impl::make_state(uint32_t ratio, int64_t ring, const std::string& p) {
   const int64_t hd = hp.head_dim, ihd = hp.idx_head_dim;
   DLayerState S;
   S.ring = ring;
@@ -373,7 +337,7 @@ DLayerState CudaOps::make_state(uint32_t ratio, int64_t ring, const std::string&
   return S;
 }
 
-void CudaOps::reset_state() {
+void Impl::reset() {
   for (DLayerState& S : st_) {
     cuda::memset_async(S.pool.get(), 0, S.pool.size());
     if (S.comp.ratio) cuda::compressor_state_init(S.comp);
@@ -382,25 +346,77 @@ void CudaOps::reset_state() {
   }
   cuda::memset_async(last_hc_.get(), 0, last_hc_.size());
   for (DLayerState& S : mtp_st_) cuda::memset_async(S.pool.get(), 0, S.pool.size());
+  mtp_pos_ = 0;
+  pos_ = 0;
   cuda::synchronize("CUDA forward reset");
 }
 
-void* CudaOps::scratch(const char* name, size_t bytes) {
+// The MTP draft (Session::Impl::mtp_draft in engine/forward/session.cpp, step for step): the
+// embedding row of next_token (host lookup, uploaded), enorm; per HC stream i of the trunk's last
+// HC state cat_i = [enorm(e); hnorm(H_i)] and X_i = eh_proj cat_i (the n_hc rows in one exact
+// matmul call: per row bit-equal to n_hc single-row calls); the block's attention (its own raw
+// window, position pos) and FFN (clamps of the last layer), then its head (mtp_hc_*, mtp_norm)
+// with the trunk's output matrix. Taps under layer n_layer, as the CPU's.
+std::vector<float> Impl::mtp_draft(int32_t next_token) {
+  if (w.mtp.empty() || dw_->mtp.empty() || mtp_st_.empty()) fail("model has no MTP block (nextn_predict_layers = 0)");
+  if (pos_ == 0) fail("mtp_draft needs at least one consumed token");
+  if (next_token < 0 || next_token >= static_cast<int32_t>(hp.n_vocab))
+    fail("token id " + std::to_string(next_token) + " out of range (vocab " + std::to_string(hp.n_vocab) + ")");
+  const LayerWeights& M = w.mtp[0];
+  const DLayer& D = dw_->mtp[0];
+  const int64_t d = hp.n_embd, hcd = static_cast<int64_t>(hp.n_hc) * d;
+  const int n_hc = static_cast<int>(hp.n_hc);
+  std::vector<float> e(d);
+  weight_row_f32(w.token_embd, next_token, e.data());
+  float* en = buf("mtp_en", d);
+  float* hn = buf("mtp_hn", hcd);
+  float* cat = buf("mtp_cat", 2 * hcd);  // (n_hc, 2d)
+  cuda::copy_h2d(en, e.data(), d * sizeof(float));
+  cuda::rmsnorm_rows(en, D.enorm.f(), en, 1, d, hp.eps);
+  cuda::rmsnorm_rows(last_hc_.f(), D.hnorm.f(), hn, n_hc, d, hp.eps);
+  for (int i = 0; i < n_hc; ++i) {
+    cuda::copy_d2d(cat + 2 * i * d, en, d * sizeof(float));
+    cuda::copy_d2d(cat + (2 * i + 1) * d, hn + i * d, d * sizeof(float));
+  }
+  const int32_t tok[1] = {next_token};
+  DRows R;
+  R.n = 1;
+  R.pos0 = pos_;  // the position of next_token
+  R.tokens = std::span<const int32_t>(tok, 1);
+  R.X = buf("X", hcd);
+  R.X2 = buf("X2", hcd);
+  int64_t* dpos = lbuf("pos", 1);
+  cuda::copy_h2d(dpos, &pos_, sizeof(int64_t));
+  R.pos = dpos;
+  linear_exact(D.eh_proj, cat, n_hc, R.X);
+  const int tap_layer = static_cast<int>(hp.n_layer);
+  attention_layer(tap_layer, M, D, mtp_st_[0], R);
+  ffn_layer(tap_layer, M, D, R, hp.clamp_exp.back(), hp.clamp_shexp.back());
+  std::vector<float> logits(hp.n_vocab);
+  DHead head;
+  head.hc_fn = &D.mtp_hc_fn;
+  head.hc_scale = M.mtp_hc_scale.at(0);
+  head.hc_base = D.mtp_hc_base.f();
+  head.norm = D.mtp_norm.f();
+  head.tap_layer = tap_layer;
+  output_head(R, head, logits.data());
+  cuda::synchronize("CUDA MTP draft");
+  mtp_pos_ = R.pos0 + 1;
+  return logits;
+}
+
+void* Impl::raw(const std::string& name, size_t bytes) {
   DevMem& m = scratch_[name];
   if (m.size() < bytes) {
     m = DevMem();
-    m = DevMem(std::max<size_t>(bytes, 256), "scratch '" + std::string(name) + "'");
+    m = DevMem(std::max<size_t>(bytes, 256), "scratch '" + name + "'");
   }
   return m.get();
 }
-void CudaOps::upload(void* dst, const void* host, size_t bytes) { cuda::copy_h2d(dst, host, bytes); }
-void CudaOps::download(void* host, const void* src, size_t bytes) { cuda::copy_d2h(host, src, bytes); }
-void CudaOps::copy(void* dst, const void* src, size_t bytes) { cuda::copy_d2d(dst, src, bytes); }
-void CudaOps::finish(const char* what) { cuda::synchronize(("CUDA " + std::string(what)).c_str()); }
 
 // ---- matmul dispatch -------------------------------------------------------------------------
 
-const char* CudaOps::linear_exact(const DMat& w, const float* x, int64_t n, float* y) {
+const char* Impl::linear_exact(const DMat& w, const float* x, int64_t n, float* y) {
   CudaMatmulVariant v;
   if (w.type == CudaWeightType::q8_0)
     v = n == 1 ? CudaMatmulVariant::q8_decode : n >= 32 ? CudaMatmulVariant::q8_batch_imma : CudaMatmulVariant::q8_batch;
@@ -412,7 +428,7 @@ const char* CudaOps::linear_exact(const DMat& w, const float* x, int64_t n, floa
   return cuda_matmul_variant_name(v);
 }
 
-const char* CudaOps::linear_gemm(const DMat& w, const float* x, int64_t n, float* y) {
+const char* Impl::linear_gemm(const DMat& w, const float* x, int64_t n, float* y) {
   const CudaMatmulVariant v = w.type == CudaWeightType::q8_0  ? CudaMatmulVariant::q8_gemm_f16
                               : w.type == CudaWeightType::f16 ? CudaMatmulVariant::f16_gemm
                                                               : CudaMatmulVariant::f32_gemm;
@@ -420,38 +436,105 @@ const char* CudaOps::linear_gemm(const DMat& w, const float* x, int64_t n, float
   return cuda_matmul_variant_name(v);
 }
 
-const DMat& CudaOps::dmat(const WeightRef& r) const {
-  const auto it = dw_->mats.find(&r);
-  if (it == dw_->mats.end()) fail("CUDA forward: a weight matrix of the graph has no device copy");
-  return *it->second;
-}
-const DevMem& CudaOps::dvec(const Vec& v) const {
-  const auto it = dw_->vecs.find(&v);
-  if (it == dw_->vecs.end()) fail("CUDA forward: a weight vector of the graph has no device copy");
-  return *it->second;
-}
-
-const char* CudaOps::matmul(const WeightRef& r, const float* x, int64_t n, float* y, MatmulKind kind) {
-  const DMat& m = dmat(r);
-  switch (kind) {
-    case MatmulKind::gemm: return linear_gemm(m, x, n, y);
-    case MatmulKind::preq_tree:
-      cuda_matmul(mm_, *m.m, x, n, y, CudaMatmulVariant::q8_preq_tree);
-      return cuda_matmul_variant_name(CudaMatmulVariant::q8_preq_tree);
-    case MatmulKind::exact: break;
+const char* Impl::linear(const DMat& w, const float* x, int64_t n, float* y, Gate q8_gate) {
+  if (n >= 2) {
+    if (w.type == CudaWeightType::q8_0 && fast(q8_gate, n)) {
+      if (q8_gate == Gate::output_head_preq) {
+        cuda_matmul(mm_, *w.m, x, n, y, CudaMatmulVariant::q8_preq_tree);
+        return cuda_matmul_variant_name(CudaMatmulVariant::q8_preq_tree);
+      }
+      return linear_gemm(w, x, n, y);
+    }
+    if (w.type == CudaWeightType::f16 && fast(Gate::f16_gemm, n)) return linear_gemm(w, x, n, y);
+    if (w.type == CudaWeightType::f32 && fast(Gate::f32_gemm, n)) return linear_gemm(w, x, n, y);
   }
-  return linear_exact(m, x, n, y);
+  return linear_exact(w, x, n, y);
 }
 
-// out_a is one CudaMatrix of o_groups groups (make_mat): the kernels run the groups themselves.
-const char* CudaOps::matmul_grouped(const WeightRef& r, int, const float* x, int64_t n, float* y, MatmulKind kind) {
-  return matmul(r, x, n, y, kind);
+// ---- taps ------------------------------------------------------------------------------------
+
+void Impl::tap_host(int layer, const char* name, int64_t pos, float* data, size_t n, const char* variant) {
+  if (!*taps_ && !opt_.fault.enabled) return;
+  const FaultInjection& f = opt_.fault;
+  if (f.enabled && layer == f.layer && pos == f.pos && f.tap == name) {
+    if (f.element < 0 || static_cast<size_t>(f.element) >= n)
+      fail("fault injection: element " + std::to_string(f.element) + " out of range for tap '" + f.tap + "' (" +
+           std::to_string(n) + " elements)");
+    data[f.element] = std::nextafter(data[f.element], INFINITY);
+  }
+  if (*taps_) (*taps_)->tap(layer, name, pos, data, n, variant);
+}
+
+void Impl::tap_dev(int layer, const char* name, int64_t pos0, int64_t n_rows, float* d, size_t width,
+                   const char* variant, const std::vector<const char*>* row_variants) {
+  if (!*taps_ && !opt_.fault.enabled) return;
+  const FaultInjection& f = opt_.fault;
+  const bool hit = f.enabled && layer == f.layer && f.tap == name && f.pos >= pos0 && f.pos < pos0 + n_rows;
+  if (!*taps_ && !hit) return;
+  std::vector<float> h(static_cast<size_t>(n_rows) * width);
+  cuda::copy_d2h(h.data(), d, h.size() * sizeof(float));
+  for (int64_t r = 0; r < n_rows; ++r)
+    tap_host(layer, name, pos0 + r, &h[r * width], width, row_variants ? (*row_variants)[r] : variant);
+  if (hit) {
+    const int64_t r = f.pos - pos0;
+    cuda::copy_h2d(d + r * width, &h[r * width], width * sizeof(float));
+  }
+}
+
+// ---- forward ---------------------------------------------------------------------------------
+
+std::vector<float> Impl::forward(std::span<const int32_t> tokens) {
+  const int64_t N = static_cast<int64_t>(tokens.size());
+  if (N == 0) return {};
+  if (pos_ + N > opt_.max_ctx)
+    fail("context full: position " + std::to_string(pos_ + N) + " exceeds max_ctx " + std::to_string(opt_.max_ctx));
+  for (int32_t t : tokens)
+    if (t < 0 || t >= static_cast<int32_t>(hp.n_vocab))
+      fail("token id " + std::to_string(t) + " out of range (vocab " + std::to_string(hp.n_vocab) + ")");
+  if (*taps_) (*taps_)->begin_forward(pos_, N);
+  const int64_t d = hp.n_embd, hcd = static_cast<int64_t>(hp.n_hc) * d;
+  // Embedding rows (host lookup of the mmap'd table), every HC stream starts as the embedding.
+  std::vector<float> X(N * hcd);
+  for (int64_t r = 0; r < N; ++r) {
+    weight_row_f32(w.token_embd, tokens[r], &X[r * hcd]);
+    for (uint32_t i = 1; i < hp.n_hc; ++i) std::memcpy(&X[r * hcd + i * d], &X[r * hcd], d * sizeof(float));
+  }
+  std::vector<int64_t> pos(N);
+  for (int64_t r = 0; r < N; ++r) pos[r] = pos_ + r;
+  DRows R;
+  R.n = N;
+  R.pos0 = pos_;
+  R.tokens = tokens;
+  R.X = buf("X", N * hcd);
+  R.X2 = buf("X2", N * hcd);
+  int64_t* dpos = lbuf("pos", N);
+  cuda::copy_h2d(R.X, X.data(), X.size() * sizeof(float));
+  cuda::copy_h2d(dpos, pos.data(), N * sizeof(int64_t));
+  R.pos = dpos;
+  for (uint32_t il = 0; il < hp.n_layer; ++il) {
+    attention_layer(static_cast<int>(il), w.layers[il], dw_->layers[il], st_[il], R);
+    ffn_layer(static_cast<int>(il), w.layers[il], dw_->layers[il], R, hp.clamp_exp[il], hp.clamp_shexp[il]);
+  }
+  std::vector<float> logits(N * hp.n_vocab);
+  DHead head;
+  head.hc_fn = &dw_->output_hc_fn;
+  head.hc_scale = w.output_hc_scale.at(0);
+  head.hc_base = dw_->output_hc_base.f();
+  head.norm = dw_->output_norm.f();
+  output_head(R, head, logits.data());
+  cuda::copy_d2d(last_hc_.get(), R.X + (N - 1) * hcd, hcd * sizeof(float));
+  cuda::synchronize("CUDA forward");
+  pos_ += N;
+  return logits;
 }
 
 // ---- state in the CPU layout -----------------------------------------------------------------
 
-void CudaOps::save_state(int64_t pos, SessionState* s) {
+std::shared_ptr<const SessionState> Impl::snapshot() const {
   cuda::synchronize("CUDA forward snapshot");
+  auto s = std::make_shared<SessionState>();
+  s->pos = pos_;
+  s->mtp_pos = mtp_pos_;
   for (const DLayerState& S : mtp_st_) {  // ring = window: the CPU's raw layout as is
     LayerState L;
     L.raw.resize(static_cast<size_t>(hp.window) * hp.head_dim);
@@ -464,7 +547,7 @@ void CudaOps::save_state(int64_t pos, SessionState* s) {
     LayerState L;
     L.raw.assign(static_cast<size_t>(W) * hd, 0.0f);
     // CPU slot s holds the latest position t < pos with t mod window == s (zeros if none).
-    for (int64_t t = std::max<int64_t>(0, pos - W); t < pos; ++t)
+    for (int64_t t = std::max<int64_t>(0, pos_ - W); t < pos_; ++t)
       cuda::copy_d2h(&L.raw[(t % W) * hd], S.pool.f() + (t % S.ring) * hd, hd * sizeof(float));
     auto get_comp = [&](const cuda::CompressorDeviceState& c, CompressorState& C) {
       C.init(c.ratio, c.head_dim);
@@ -485,9 +568,10 @@ void CudaOps::save_state(int64_t pos, SessionState* s) {
   }
   s->last_hc.resize(static_cast<size_t>(hp.n_hc) * hp.n_embd);
   cuda::copy_d2h(s->last_hc.data(), last_hc_.get(), s->last_hc.size() * sizeof(float));
+  return s;
 }
 
-void CudaOps::load_state(const SessionState& s) {
+void Impl::restore(const SessionState& s) {
   const int64_t hd = hp.head_dim, W = hp.window, ihd = hp.idx_head_dim;
   if (s.layers.size() != st_.size() || s.mtp.size() != mtp_st_.size() || s.last_hc.size() != static_cast<size_t>(hp.n_hc) * hp.n_embd || s.pos < 0 ||
       s.pos > opt_.max_ctx)
@@ -524,14 +608,17 @@ void CudaOps::load_state(const SessionState& s) {
   cuda::copy_h2d(last_hc_.get(), s.last_hc.data(), s.last_hc.size() * sizeof(float));
   for (size_t m = 0; m < mtp_st_.size(); ++m)
     cuda::copy_h2d(mtp_st_[m].pool.get(), s.mtp[m].raw.data(), s.mtp[m].raw.size() * sizeof(float));
+  mtp_pos_ = s.mtp_pos;
+  pos_ = s.pos;
 }
 
 }  // namespace cudafwd
 
-std::unique_ptr<BackendOps> make_cuda_ops(std::shared_ptr<const Model> model, const SessionOptions& opt) {
+std::unique_ptr<CudaSession> CudaSession::create(std::shared_ptr<const Model> model, const SessionOptions& opt,
+                                                 TapSink** taps) {
   const CudaDeviceInfo info = cuda_device_info();
   if (!info.available) fail("--backend cuda: CUDA unavailable: " + info.why_unavailable);
-  return std::make_unique<cudafwd::CudaOps>(std::move(model), opt);
+  return std::make_unique<cudafwd::Impl>(std::move(model), opt, taps);
 }
 
 }  // namespace ds4

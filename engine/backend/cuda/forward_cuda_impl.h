@@ -1,11 +1,9 @@
-// Internal: the CUDA backend's device weights, state and ops (CudaOps, the BackendOps of the
-// forward graph) shared by forward_cuda.cpp, forward_cuda_attn.cpp and forward_cuda_ffn.cpp. See
-// forward_cuda.h for the design.
+// Internal: the CUDA forward's device weights, state and session shared by forward_cuda.cpp,
+// forward_cuda_attn.cpp and forward_cuda_ffn.cpp. See forward_cuda.h for the design.
 #pragma once
 #include <map>
 #include <memory>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "backend/cuda/forward_cuda.h"
@@ -13,8 +11,7 @@
 #include "backend/cuda/ops_cuda.h"
 #include "ds4/cuda_matmul.h"
 #include "ds4/engine.h"
-#include "ds4/error.h"
-#include "forward/backend_ops.h"
+#include "ds4/gates.h"
 #include "forward/state.h"
 #include "forward/weights.h"
 #include "ops/rope/rope.h"
@@ -103,11 +100,6 @@ struct DeviceWeights {
   DMat output, output_hc_fn;
   DevMem output_hc_base, output_norm, iq2_grid, inv_freq_main, inv_freq_comp;
   size_t weight_bytes = 0;  // bytes of the stored weights (what an exact pass reads)
-  // The device copy of each host weight the graph names (ModelWeights' own objects, by address;
-  // the Model outlives its device weights' use).
-  std::unordered_map<const WeightRef*, const DMat*> mats;
-  std::unordered_map<const Vec*, const DevMem*> vecs;
-  std::unordered_map<const LayerWeights*, const DLayer*> blocks;
 };
 std::shared_ptr<DeviceWeights> device_weights_for(const std::shared_ptr<const Model>& model);
 
@@ -123,116 +115,86 @@ struct DLayerState {
   int64_t n_comp = 0, n_idx = 0, comp_cap = 0, idx_cap = 0;
 };
 
-// The enum value (ops_cuda.h) of the CUDA kernel of a variant of engine/variants.def, by the name
-// the forward graph picks from the gates: the enums are numbered 0, 1, ... and cuda::variant_name()
-// names each value (past the last, a name ending in "__unknown", or a repeat). Throws naming the
-// variant when this backend has no kernel for it. A new CUDA variant is its enum value and its
-// kernel, case and name in the .cu: nothing here changes.
-template <class E>
-E cuda_variant(const char* name) {
-  for (int i = 0; i < 64; ++i) {
-    const std::string n = cuda::variant_name(static_cast<E>(i));
-    if (n.size() > 9 && n.compare(n.size() - 9, 9, "__unknown") == 0) break;
-    if (n == name) return static_cast<E>(i);
-  }
-  fail(std::string("CUDA backend: no kernel for variant '") + name + "' (engine/gates.def lists it for cuda)");
-}
+// The weights of an output head (the trunk's output_hc_* / output_norm, or the MTP block's
+// mtp_hc_* / mtp_norm); both multiply by the trunk's `output`. tap_layer: -1 or n_layer (MTP).
+struct DHead {
+  const DMat* hc_fn = nullptr;
+  float hc_scale = 0.0f;
+  const float* hc_base = nullptr;
+  const float* norm = nullptr;
+  int tap_layer = -1;
+};
 
-// The BackendOps of the CUDA backend (forward/backend_ops.h): device buffers, the per-layer
-// device caches, and the kernels of ops_cuda.h / cuda_matmul.h. The graph (engine/forward) runs
-// the model; these are its ops.
-class CudaOps final : public BackendOps {
+// The rows of one call: X is the HC state (n, n_hc*d) on the device, X2 its ping-pong twin.
+struct DRows {
+  int64_t n = 0, pos0 = 0;
+  std::span<const int32_t> tokens;
+  float* X = nullptr;
+  float* X2 = nullptr;
+  const int64_t* pos = nullptr;  // device (n): pos0 + r
+};
+
+class Impl final : public CudaSession {
  public:
-  CudaOps(std::shared_ptr<const Model> model, const SessionOptions& opt);
+  Impl(std::shared_ptr<const Model> model, const SessionOptions& opt, TapSink** taps);
+  std::vector<float> forward(std::span<const int32_t> tokens) override;
+  int64_t pos() const override { return pos_; }
+  std::shared_ptr<const SessionState> snapshot() const override;
+  void restore(const SessionState& state) override;
+  void reset() override;
+  void set_gates(const GateSet& gates) override { opt_.gates = gates; }
+  std::vector<float> mtp_draft(int32_t) override;
 
-  const char* name() const override { return "cuda"; }
-
-  // ---- memory (forward_cuda.cpp) ----
-  bool host_memory() const override { return false; }
-  void* scratch(const char* name, size_t bytes) override;
-  void upload(void* dst, const void* host, size_t bytes) override;
-  void download(void* host, const void* src, size_t bytes) override;
-  void copy(void* dst, const void* src, size_t bytes) override;
-  void finish(const char* what) override;
-  int64_t chunk_rows() const override { return chunk_; }
-
-  // ---- state (forward_cuda.cpp) ----
-  void reset_state() override;
-  void save_state(int64_t pos, SessionState* s) override;
-  void load_state(const SessionState& s) override;
-  float* last_hc() override { return last_hc_.f(); }
-  int64_t ring_rows(int block) const override { return state(block).ring; }
-  int64_t compressed_rows(int block, bool indexer) const override {
-    return indexer ? state(block).n_idx : state(block).n_comp;
-  }
-
-  // ---- weight matmuls (forward_cuda.cpp) ----
-  const char* matmul(const WeightRef& w, const float* x, int64_t n, float* y, MatmulKind kind) override;
-  const char* matmul_grouped(const WeightRef& w, int groups, const float* x, int64_t n, float* y,
-                             MatmulKind kind) override;
-
-  // ---- row-independent ops, caches and attention (forward_cuda_attn.cpp) ----
-  const char* rmsnorm(const float* x, const Vec* w, float* y, int64_t n_rows, int64_t n) override;
-  const char* hc_split(const float* m, const Vec& scale, const Vec& base, float* pre, float* post, float* comb,
-                       int64_t n_rows) override;
-  const char* hc_collapse_norm(const float* X, const float* pre, const Vec& norm, float* x, float* xn,
-                               int64_t n_rows) override;
-  const char* hc_post(const float* X, const float* y, const float* post, const float* comb, float* X_out,
-                      int64_t n_rows) override;
-  void hc_head(const float* X, const float* m, float scale, const Vec& base, float* E, int64_t n_rows) override;
-  void rope(float* x, int64_t n_rows, int n_head, int head_dim, const int64_t* pos_host, RopeKind k,
-            bool inverse) override;
-  void kv_fp8_f16(float* x, int64_t n_rows, int row_len) override;
-  void indexer_qat(float* x, int64_t n_rows, int n, bool round_f16) override;
-  void ape_add(float* G, const Vec& ape, int64_t n_rows, int width, int ratio, int64_t pos0) override;
-  void swiglu(const float* g, const float* u, float* h, int64_t n, float limit) override;
-  const char* add(float* y, const float* x, int64_t n) override;
-  const char* add_variant() const override { return "add__rows"; }
-  void store_raw(int block, const float* kv, int64_t pos0, int64_t n_rows) override;
-  float* compress(int block, bool indexer, const float* A, const float* G, int64_t stride, int64_t pos0,
-                  int64_t n_rows, std::vector<int64_t>* emit_pos) override;
-  const char* compress_variant() const override { return "compressor_pool__update"; }
-  const char* indexer_scores(int block, const float* qi, const float* wi, const int32_t* n_visible, int64_t n_tok,
-                             float* scores, int64_t stride, const char* variant) override;
-  const char* topk(const float* scores, const int32_t* n_visible, int64_t n_tok, int64_t stride, int k, int32_t* idx,
-                   int32_t* count, const char* variant) override;
-  void cand_indexed(int32_t* cand, int max_cand, const int32_t* n_raw, const int32_t* idx, int k, const int32_t* count,
-                    int64_t n_rows, int32_t base) override;
-  void attention(int block, const float* q, const int32_t* cand, const int32_t* n_cand, int max_cand, const Vec& sinks,
-                 float* out, int64_t n_tok, const char* variant) override;
-
-  // ---- FFN (forward_cuda_ffn.cpp) ----
-  const char* routed_experts(const LayerWeights& L, const float* XN, int64_t n, const std::vector<int32_t>& experts,
-                             const std::vector<float>& weights, float clamp, const char* variant, float* Y) override;
-
- private:
+  // Matmul dispatch (same gates as ops/matmul/linear.h). Returns the variant name.
+  const char* linear(const DMat& w, const float* x, int64_t n, float* y, Gate q8_gate = Gate::q8_gemm);
   const char* linear_gemm(const DMat& w, const float* x, int64_t n, float* y);
   const char* linear_exact(const DMat& w, const float* x, int64_t n, float* y);
-  void kquant_routed_experts(const DLayer& D, const float* XN, int64_t N, const int32_t* dexp, const float* dwts,
-                             float clamp_exp, cuda::MoeVariant mv, float* Y);
+  bool fast(Gate g, int64_t n) const { return n >= 2 && opt_.gates.fast(g); }
+
+  // Scratch device buffers by name, grown on demand (contents undefined after growth).
+  float* buf(const std::string& name, size_t n_floats) { return static_cast<float*>(raw(name, n_floats * 4)); }
+  int32_t* ibuf(const std::string& name, size_t n) { return static_cast<int32_t*>(raw(name, n * 4)); }
+  int64_t* lbuf(const std::string& name, size_t n) { return static_cast<int64_t*>(raw(name, n * 8)); }
+  void* raw(const std::string& name, size_t bytes);
+
+  // Taps (as Session::Impl::tap): host data, or n_rows device rows of `width` floats (downloaded
+  // only when a sink or a matching fault is attached; a fault's perturbation is uploaded back so
+  // that it feeds the rest of the forward).
+  bool tapping() const { return *taps_ || opt_.fault.enabled; }
+  void tap_host(int layer, const char* name, int64_t pos, float* data, size_t n, const char* variant);
+  void tap_dev(int layer, const char* name, int64_t pos0, int64_t n_rows, float* d, size_t width,
+               const char* variant, const std::vector<const char*>* row_variants = nullptr);
+
+  // Sublayers.
+  void hc_pre(int il, const char* which, const DMat& fn, const DevMem& scale, const DevMem& base,
+              const DevMem& norm, const DRows& R, float* XN);
+  void attention_layer(int il, const LayerWeights& L, const DLayer& D, DLayerState& S, DRows& R);
+  void attention_chunk(int il, const LayerWeights& L, const DLayer& D, DLayerState& S, const DRows& R,
+                       int64_t r0, int64_t r1, const float* Q, const float* QIall, float* WI, const float* KV,
+                       const float* CA, const float* CG, const float* IA, const float* IG, float* O);
+  void topk_torch_host(const float* scores, int64_t n_rows, const std::vector<int32_t>& nvis, int top_k, int32_t* idx,
+                       int32_t* cnt);
+  void ffn_layer(int il, const LayerWeights& L, const DLayer& D, DRows& R, float clamp_exp, float clamp_sh);
+  void kquant_routed_experts(int il, const DLayer& D, const float* XN, const DRows& R, const int32_t* dexp,
+                             const float* dwts, float clamp_exp, float* Y);
   void routed_experts_matvec(const DLayer& D, const float* XN, int64_t N, const std::vector<int32_t>& experts,
                              const std::vector<float>& weights, float clamp, float* Y);
-  DLayerState make_state(uint32_t ratio, int64_t ring, const std::string& what);
   bool plain() const { return opt_.profile == Profile::Plain; }
-  // The device copies of the graph's host weights (a one-line error when a weight has none).
-  const DMat& dmat(const WeightRef& w) const;
-  const DevMem& dvec(const Vec& v) const;
-  DLayerState& state(int block) { return block < static_cast<int>(hp.n_layer) ? st_[block] : mtp_st_[block - hp.n_layer]; }
-  const DLayerState& state(int block) const {
-    return block < static_cast<int>(hp.n_layer) ? st_[block] : mtp_st_[block - hp.n_layer];
-  }
-  float* buf(const char* name, size_t n_floats) { return fbuf(name, n_floats); }
-  int64_t* lbuf(const char* name, size_t n) { return static_cast<int64_t*>(scratch(name, n * 8)); }
+  void output_head(const DRows& R, const DHead& head, float* logits_host);
+  DLayerState make_state(uint32_t ratio, int64_t ring, const std::string& what);
 
   std::shared_ptr<const Model> model_;
   const HParams& hp;
   const ModelWeights& w;
   SessionOptions opt_;
+  TapSink** taps_;
   std::shared_ptr<DeviceWeights> dw_;
   CudaMatmulContext mm_;
   std::vector<DLayerState> st_;
   std::vector<DLayerState> mtp_st_;  // the MTP block's cache (ring = window, no compressor)
+  int64_t mtp_pos_ = 0;
   DevMem last_hc_;
+  int64_t pos_ = 0;
   int64_t chunk_ = 256;    // rows of one cache/attention chunk
   int64_t ring_rows_ = 0;  // window + chunk_: the trunk layers' ring
   std::map<std::string, DevMem> scratch_;

@@ -1,4 +1,4 @@
-// The CUDA backend without CUDA (-DDS4_CUDA=OFF): creating one throws a one-line error.
+// The CUDA Session without CUDA (-DDS4_CUDA=OFF): creating one throws a one-line error.
 // DS4_HAVE_CUDA is set (0 or 1) by engine/CMakeLists.txt.
 #if !DS4_HAVE_CUDA
 #include "backend/cuda/forward_cuda.h"
@@ -6,7 +6,7 @@
 
 namespace ds4 {
 
-std::unique_ptr<BackendOps> make_cuda_ops(std::shared_ptr<const Model>, const SessionOptions&) {
+std::unique_ptr<CudaSession> CudaSession::create(std::shared_ptr<const Model>, const SessionOptions&, TapSink**) {
   fail("--backend cuda: CUDA backend not built (configure with -DDS4_CUDA=ON)");
 }
 

@@ -102,8 +102,8 @@ struct FaultInjection {
   std::string to_string() const;
 };
 
-// Where a Session runs: the one forward graph (engine/forward) over the backend's ops; Cuda's are
-// engine/backend/cuda/forward_cuda*.cpp (same API, states in the CPU layout); construction throws a one-line ds4::Error when CUDA is not built or
+// Where a Session runs. Cuda: the forward of engine/backend/cuda/forward_cuda*.cpp (same API,
+// states in the CPU layout); construction throws a one-line ds4::Error when CUDA is not built or
 // no device is present.
 enum class Backend { Cpu, Cuda };
 const char* backend_name(Backend b);                 // "cpu" / "cuda"
@@ -125,6 +125,7 @@ struct SessionOptions {
 };
 
 struct SessionState;  // KV, compressor and indexer state of every layer, plus the position
+class CudaSession;    // the CUDA backend's session (engine/backend/cuda/forward_cuda.h)
 
 class Session {
  public:
@@ -165,7 +166,8 @@ class Session {
   std::shared_ptr<const Model> model_;
   SessionOptions options_;
   TapSink* taps_ = nullptr;
-  std::unique_ptr<Impl> impl_;  // the forward graph over the backend's ops (engine/forward)
+  std::unique_ptr<Impl> impl_;         // Backend::Cpu
+  std::unique_ptr<CudaSession> cuda_;  // Backend::Cuda
 };
 
 // Greedy / temperature sampling helper (lowest index wins ties for argmax).

@@ -25,11 +25,4 @@ void attention_head_lane8(const float* q, const float* const* rows, int n_rows, 
 // exp(m_old - m_new) when the max grows; the sink is folded in at the end. Not bit-equal.
 void attention_head_online(const float* q, const float* const* rows, int n_rows, int head_dim,
                            float scale, float sink, float* out);
-
-// The CPU kernel of an attention variant of engine/variants.def (attn_dense__*, attn_indexed__*),
-// the name the forward graph picks from the gates; nullptr when the CPU has none. The table is in
-// attention_fast.cpp, next to the fast kernels: a new variant is its kernel and one row there.
-using AttentionHeadFn = void (*)(const float* q, const float* const* rows, int n_rows, int head_dim, float scale,
-                                 float sink, float* out);
-AttentionHeadFn attention_head_variant(const char* variant);
 }  // namespace ds4

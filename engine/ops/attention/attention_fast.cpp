@@ -1,6 +1,5 @@
 // Fast attention variants (see attention.h); each mirrors a ds4 batched kernel's arithmetic.
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 #include "ops/attention/attention.h"
@@ -44,21 +43,6 @@ void attention_head_online(const float* q, const float* const* rows, int n_rows,
   const float r = std::exp(m - m2);
   l = l * r + std::exp(sink - m2);
   for (int i = 0; i < head_dim; ++i) out[i] = acc[i] * r / l;
-}
-
-AttentionHeadFn attention_head_variant(const char* variant) {
-  static const struct {
-    const char* name;
-    AttentionHeadFn fn;
-  } kVariants[] = {
-      {"attn_dense__serial_dot", attention_head_ref},
-      {"attn_indexed__scalar", attention_head_ref},
-      {"attn_dense__lane8_dot", attention_head_lane8},
-      {"attn_indexed__heads8_online", attention_head_online},
-  };
-  for (const auto& v : kVariants)
-    if (std::strcmp(v.name, variant) == 0) return v.fn;
-  return nullptr;
 }
 
 }  // namespace ds4

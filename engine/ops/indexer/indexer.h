@@ -37,13 +37,4 @@ void indexer_scores_scalar(const float* q, int n_head, int head_dim, const float
 // topk__score_order: the same selection as topk_ascending_ref, in score order (highest first,
 // ties to the lower index): the order N=1 decode attends the rows in.
 std::vector<int32_t> topk_score_order_ref(const float* scores, int64_t n, int64_t k);
-
-// The CPU kernels of the indexer's variants of engine/variants.def, by the name the forward graph
-// picks from the gates; nullptr when the CPU has none. The tables are in indexer_fast.cpp, next
-// to the fast kernels: a new variant is its kernel and one row there.
-using IndexerScoresFn = void (*)(const float* q, int n_head, int head_dim, const float* w, const float* K,
-                                 int64_t n_rows, float* scores);
-IndexerScoresFn indexer_scores_variant(const char* variant);
-using TopkFn = std::vector<int32_t> (*)(const float* scores, int64_t n, int64_t k);
-TopkFn topk_variant(const char* variant);
 }  // namespace ds4

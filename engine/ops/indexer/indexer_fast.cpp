@@ -1,7 +1,6 @@
 // Fast indexer scoring variants (see indexer.h).
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <numeric>
 #include <vector>
 
@@ -57,33 +56,6 @@ std::vector<int32_t> topk_score_order_ref(const float* scores, int64_t n, int64_
     return scores[a] > scores[b] || (scores[a] == scores[b] && a < b);
   });
   return idx;
-}
-
-IndexerScoresFn indexer_scores_variant(const char* variant) {
-  static const struct {
-    const char* name;
-    IndexerScoresFn fn;
-  } kVariants[] = {
-      {"indexer_scores__direct_one", indexer_scores_ref},
-      {"indexer_scores__scalar", indexer_scores_scalar},
-      {"indexer_scores__wmma_f16", indexer_scores_wmma},
-  };
-  for (const auto& v : kVariants)
-    if (std::strcmp(v.name, variant) == 0) return v.fn;
-  return nullptr;
-}
-
-TopkFn topk_variant(const char* variant) {
-  static const struct {
-    const char* name;
-    TopkFn fn;
-  } kVariants[] = {
-      {"topk__score_order", topk_score_order_ref},
-      {"topk__resort_ascending", topk_ascending_ref},
-  };
-  for (const auto& v : kVariants)
-    if (std::strcmp(v.name, variant) == 0) return v.fn;
-  return nullptr;
 }
 
 }  // namespace ds4

@@ -45,17 +45,4 @@ struct ExecCtx;
 void moe_expert_tiles(const WeightRef& gate_exps, const WeightRef& up_exps, const WeightRef& down_exps,
                       const float* X, int64_t n_rows, int64_t d, const std::vector<Routing>& routing,
                       float limit, const ExecCtx& ctx, float* Y);
-// moe__decode_lut on the CPU (the exact routed MoE, N = 1's arithmetic): expert_ffn_ref per
-// (row, slot), each row's outputs summed in slot order. Same arguments as moe_expert_tiles.
-void moe_per_slot_ref(const WeightRef& gate_exps, const WeightRef& up_exps, const WeightRef& down_exps,
-                      const float* X, int64_t n_rows, int64_t d, const std::vector<Routing>& routing,
-                      float limit, const ExecCtx& ctx, float* Y);
-
-// The CPU kernel of a routed-MoE variant of engine/variants.def, by the name the forward graph
-// picks from the gates; nullptr when the CPU has none. The table is in moe_tiles.cpp, next to the
-// fast kernel: a new variant is its kernel and one row there.
-using MoeFn = void (*)(const WeightRef& gate_exps, const WeightRef& up_exps, const WeightRef& down_exps,
-                       const float* X, int64_t n_rows, int64_t d, const std::vector<Routing>& routing, float limit,
-                       const ExecCtx& ctx, float* Y);
-MoeFn moe_variant(const char* variant);
 }  // namespace ds4

@@ -1,6 +1,4 @@
-// moe__expert_tiles and moe__decode_lut (moe_per_slot_ref) on the CPU, and the table of the CPU's
-// routed-MoE variants: see moe.h.
-#include <cstring>
+// moe__expert_tiles: see moe.h.
 #include <map>
 #include <vector>
 
@@ -33,34 +31,6 @@ void moe_expert_tiles(const WeightRef& gate_exps, const WeightRef& up_exps, cons
       for (int64_t j = 0; j < d; ++j) y[j] += Ye[i * d + j];
     }
   }
-}
-
-void moe_per_slot_ref(const WeightRef& gate_exps, const WeightRef& up_exps, const WeightRef& down_exps,
-                      const float* X, int64_t n_rows, int64_t d, const std::vector<Routing>& routing,
-                      float limit, const ExecCtx& ctx, float* Y) {
-  std::fill(Y, Y + n_rows * d, 0.0f);
-  std::vector<float> ye(d);
-  for (int64_t r = 0; r < n_rows; ++r) {
-    for (size_t s = 0; s < routing[r].experts.size(); ++s) {
-      const int32_t e = routing[r].experts[s];
-      expert_ffn_ref(gate_exps.expert(e), up_exps.expert(e), down_exps.expert(e), X + r * d, routing[r].weights[s],
-                     limit, ctx.profile, ctx.pool, ye.data(), nullptr);
-      for (int64_t j = 0; j < d; ++j) Y[r * d + j] += ye[j];
-    }
-  }
-}
-
-MoeFn moe_variant(const char* variant) {
-  static const struct {
-    const char* name;
-    MoeFn fn;
-  } kVariants[] = {
-      {"moe__decode_lut", moe_per_slot_ref},
-      {"moe__expert_tiles", moe_expert_tiles},
-  };
-  for (const auto& v : kVariants)
-    if (std::strcmp(v.name, variant) == 0) return v.fn;
-  return nullptr;
 }
 
 }  // namespace ds4
