@@ -1,6 +1,8 @@
-// The ops the forward graph (engine/forward/graph*.cpp) runs on a backend: the one interface the
-// CPU (backend/cpu/cpu_ops.cpp) and CUDA (backend/cuda/forward_cuda*.cpp) backends implement, as
-// CTranslate2 splits an op into op / op_cpu / op_gpu and ggml runs one graph over many backends.
+// The ops the forward graph (engine/forward/graph.cpp, attention_layer.cpp, ffn_layer.cpp) runs on
+// a backend, as CTranslate2 splits an op into op / op_cpu / op_gpu and ggml runs one graph over
+// many backends. The CPU implements it (backend/cpu/cpu_ops.cpp). The CUDA session still runs its
+// own copy of the graph (backend/cuda/forward_cuda*.cpp); its implementation of this interface
+// (CudaOps, which deletes that copy) is in main's history, reverted until a GPU has run it.
 //
 // What lives where:
 //   graph    the order of the ops, every tap (engine/taps.def) and the fault injection, every gate
@@ -25,7 +27,7 @@
 
 namespace ds4 {
 
-// The kernel family of a weight matmul, chosen by the graph from the gates (graph_matmul.cpp).
+// The kernel family of a weight matmul, chosen by the graph from the gates (graph.cpp).
 enum class MatmulKind {
   exact,      // per row the N = 1 kernel's arithmetic (bit-equal to decode)
   gemm,       // the batched GEMM of the weight type (q8_gemm, f16_gemm, f32_gemm, q8_pair, ...)

@@ -53,7 +53,7 @@ struct Session::Impl {
   void restore(const SessionState& s);
   void check_token(int32_t t) const;
 
-  // ---- gates -> kernel kinds (graph_matmul.cpp) ----
+  // ---- gates -> kernel kinds (graph.cpp) ----
   // True when the gate's fast variant applies to this call (gates only apply at N >= 2: N = 1 is
   // decode, always exact).
   bool fast(Gate g, int64_t n) const { return n >= 2 && opt.gates.fast(g); }

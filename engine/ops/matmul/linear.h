@@ -21,7 +21,7 @@
 namespace ds4 {
 
 // The variant of each kernel family (which one runs is the forward graph's choice from the gates,
-// engine/forward/graph_matmul.cpp). Each returns its variant name.
+// engine/forward/graph.cpp). Each returns its variant name.
 // matvec__ref: per row, matvec_ref (bit-equal to N = 1 decode).
 const char* linear_exact(const WeightRef& w, const float* X, int64_t n_rows, float* Y, const ExecCtx& ctx);
 // matmul_q8__preq_tree (Q8_0 weights only).
