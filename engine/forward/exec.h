@@ -1,6 +1,6 @@
-// What every op of a forward needs besides its tensors: the profile, the gate settings, the thread
-// pool, whether this call is batched (gates only apply at N >= 2: N = 1 is decode, always exact),
-// and the cache of dequantised weight copies used by the GEMM variants.
+// What every CPU op of a forward needs besides its tensors: the profile, the thread pool and the
+// cache of dequantised weight copies used by the GEMM variants. Which variant runs (the gates, and
+// N = 1 always exact) is the graph's choice (engine/forward/graph.cpp), not the op's.
 #pragma once
 #include <functional>
 #include <map>
@@ -63,12 +63,8 @@ int64_t cpu_dequant_cache_budget_bytes();
 
 struct ExecCtx {
   Profile profile = Profile::Ds4;
-  const GateSet* gates = nullptr;
   ThreadPool* pool = nullptr;
   WeightCache* cache = nullptr;
-  bool batched = false;  // n_tokens >= 2
-  // True when the gate's fast variant applies to this call.
-  bool fast(Gate g) const { return batched && gates && gates->fast(g); }
 };
 
 }  // namespace ds4

@@ -1416,7 +1416,6 @@ void add_moe(std::vector<Case>& cs) {
         ExecCtx ctx;
         ctx.profile = Profile::Ds4;
         ctx.cache = &cache;
-        ctx.batched = true;
         std::vector<float> Y(static_cast<size_t>(s.N) * s.d);
         moe_expert_tiles(m->gate_ref(), m->up_ref(), m->down_ref(), m->x.data(), s.N, s.d, routing,
                          kSwigluLimit, ctx, Y.data());
