@@ -285,7 +285,7 @@ RunSpec Matrix::spec_for(size_t prompt, const GateSet& gates) const {
     s.prefix = cfg_.prefix > 0 ? cfg_.prefix
                                : std::max<int64_t>(1, static_cast<int64_t>(s.tokens.size()) - gen);
     if (s.width == 0) s.width = 4;
-    if (cfg_.capture.pos_begin >= s.prefix) s.prefix_cache = prefix_cache_;
+    if (prefix_unobserved(s, cfg_.capture)) s.prefix_cache = prefix_cache_;
   }
   return s;
 }

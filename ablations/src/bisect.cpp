@@ -105,12 +105,6 @@ class Bisector {
     cand_.width = mb.width;
     cand_.tokens = mb.tokens;
     cand_.threads = cfg_.threads;
-    // The reruns share the verifier's N=1 prefix (drivers.h, PrefixCache) when no compared
-    // position and no planted fault lies in it.
-    const int64_t prefix = std::max<int64_t>(1, cand_.prefix);  // run_model decodes at least one
-    if (cand_.mode == RunMode::Verify && cfg_.capture.pos_begin >= prefix &&
-        (!cand_.fault.enabled || cand_.fault.pos >= prefix))
-      cand_.prefix_cache = std::make_shared<PrefixCache>();
     if (cand_.mode != RunMode::Plain) cand_.gates = GateSet::parse(mb.gate_set);
     auto extra = [&](const std::string& k) {
       auto it = mb.extra.find(k);
@@ -144,6 +138,10 @@ class Bisector {
     cand_ = cfg_.cand;
     cand_.tokens = cfg_.tokens;
     cand_.threads = cfg_.threads;
+    // The reference (a verifier too unless plain) and every rerun share the verifier's N=1
+    // prefix (drivers.h, PrefixCache) when the reference captures none of it. Replayed dumps
+    // (from_dumps) keep decoding it: their reference was captured elsewhere, with its own filter.
+    if (prefix_unobserved(cand_, cfg_.capture)) cand_.prefix_cache = std::make_shared<PrefixCache>();
     ref_mode_plain_ = cfg_.ref_plain;
     ref_gates_ = cfg_.ref_plain ? GateSet::all_exact() : cfg_.ref_gates;
     RunSpec rs = cand_;

@@ -106,6 +106,19 @@ void PrefixCache::store(std::shared_ptr<const Entry> e) {
   entries_.push_back(std::move(e));
 }
 
+namespace {
+// The tokens a verifier decodes with N=1 before its first verify pass.
+int64_t verify_prefix(const RunSpec& spec) {
+  return std::clamp<int64_t>(spec.prefix, 1, static_cast<int64_t>(spec.tokens.size()));
+}
+}  // namespace
+
+bool prefix_unobserved(const RunSpec& spec, const TapFilter& capture) {
+  const int64_t prefix = verify_prefix(spec);
+  return spec.mode == RunMode::Verify && capture.pos_begin >= prefix &&
+         (!spec.fault.enabled || spec.fault.pos >= prefix);
+}
+
 int64_t PrefixCache::hits() const {
   std::lock_guard<std::mutex> lock(mu_);
   return hits_;
@@ -139,7 +152,7 @@ RunResult run_model(const std::shared_ptr<const Model>& model, const RunSpec& sp
     }
     case RunMode::Verify: {
       const int64_t W = spec.width > 0 ? spec.width : 4;
-      const int64_t prefix = std::clamp<int64_t>(spec.prefix, 1, T);
+      const int64_t prefix = verify_prefix(spec);
       const auto head = toks.first(static_cast<size_t>(prefix));
       PrefixCache* cache = spec.prefix_cache.get();
       if (auto kept = cache ? cache->find(model.get(), spec.backend, spec.profile, head) : nullptr) {

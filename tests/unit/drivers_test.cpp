@@ -118,15 +118,15 @@ void expect_prefix_cache_is_invisible(ds4::Backend backend) {
       if (std::get<2>(k) >= kPrefix) out[k] = v;
     return out;
   };
-  for (const ds4::GateSet& gates : {ds4::GateSet::all_exact(), ds4::GateSet::all_fast()}) {
+  const ds4::GateSet exact = ds4::GateSet::all_exact(), fast = ds4::GateSet::all_fast();
+  for (const auto& [gates, other] : {std::pair{exact, fast}, std::pair{fast, exact}}) {
     spec.gates = gates;
     spec.prefix_cache = nullptr;
     ds4::testing::RecordingSink decoded_sink;
     const auto decoded = ds4::run_model(model, spec, &decoded_sink);
     spec.prefix_cache = std::make_shared<ds4::PrefixCache>();
     ds4::RunSpec maker = spec;
-    maker.gates = gates.to_string() == ds4::GateSet::all_exact().to_string() ? ds4::GateSet::all_fast()
-                                                                             : ds4::GateSet::all_exact();
+    maker.gates = other;
     const auto made = ds4::run_model(model, maker, nullptr);  // decodes and keeps the prefix
     EXPECT_FALSE(made.prefix_restored);
     ds4::testing::RecordingSink restored_sink;
@@ -150,6 +150,33 @@ TEST(Drivers, PrefixCacheIsInvisibleCpu) { expect_prefix_cache_is_invisible(ds4:
 TEST(Drivers, PrefixCacheIsInvisibleCuda) {
   if (!ds4::cuda_device_info().available) GTEST_SKIP() << "no CUDA device";
   expect_prefix_cache_is_invisible(ds4::Backend::Cuda);
+}
+
+// Who may restore a prefix: verifiers whose sink keeps no prefix position and whose fault lies
+// after the prefix (counted as run_model counts it: at least one token, at most all).
+TEST(Drivers, PrefixUnobservedRule) {
+  ds4::RunSpec spec;
+  spec.tokens.assign(30, 1);
+  spec.mode = RunMode::Verify;
+  spec.prefix = 16;
+  auto from = [](const char* positions) { return ds4::TapFilter::parse("", "", positions); };
+  EXPECT_TRUE(ds4::prefix_unobserved(spec, from("16-")));
+  EXPECT_FALSE(ds4::prefix_unobserved(spec, from("15-")));
+  EXPECT_FALSE(ds4::prefix_unobserved(spec, from("")));
+  spec.fault = ds4::FaultInjection::parse("1:q:15");
+  EXPECT_FALSE(ds4::prefix_unobserved(spec, from("16-")));
+  spec.fault = ds4::FaultInjection::parse("1:q:16");
+  EXPECT_TRUE(ds4::prefix_unobserved(spec, from("16-")));
+  spec.prefix = 0;  // decodes one token
+  EXPECT_FALSE(ds4::prefix_unobserved(spec, from("")));
+  EXPECT_TRUE(ds4::prefix_unobserved(spec, from("1-")));
+  spec.prefix = 100;  // clamped to the 30 tokens: the fault at 16 is inside
+  EXPECT_FALSE(ds4::prefix_unobserved(spec, from("30-")));
+  spec.fault = ds4::FaultInjection{};
+  EXPECT_TRUE(ds4::prefix_unobserved(spec, from("30-")));
+  EXPECT_FALSE(ds4::prefix_unobserved(spec, from("29-")));
+  spec.mode = RunMode::Batched;
+  EXPECT_FALSE(ds4::prefix_unobserved(spec, from("30-")));
 }
 
 TEST(Drivers, TokenFilesAndErrors) {

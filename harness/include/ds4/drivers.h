@@ -49,6 +49,12 @@ class PrefixCache {
   mutable int64_t hits_ = 0;
 };
 
+struct RunSpec;
+// Whether a verifier run of `spec` may take its prefix from a PrefixCache: it is a verifier, no
+// position `capture` keeps lies in its prefix (as run_model counts it: at least one token), and
+// its planted fault, if any, lies after the prefix.
+bool prefix_unobserved(const RunSpec& spec, const TapFilter& capture);
+
 struct RunSpec {
   Backend backend = Backend::Cpu;  // cuda: the Session runs on the GPU (manifest: backend, device)
   Profile profile = Profile::Ds4;
